@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""Generates the ONNX models Outpost's tests, benchmarks and demo use.
+
+Nothing is downloaded: small graphs are built with onnx.helper, and the
+benchmark architectures are exported from Debian's torchvision with random
+weights (a fixed seed, so every run makes the same files).
+
+  gen_models.py --out DIR               test models (seconds)
+  gen_models.py --out DIR --torchvision mobilenet_v2 resnet50
+
+Layout written (a model repository):
+  DIR/add_one/1/model.onnx      y = x + 1      x: FP32[-1, 4]
+  DIR/add_one/2/model.onnx      y = x + 2      (the answer tells the version)
+  DIR/two_io/1/model.onnx       a: FP32[-1,3], b: INT64[-1,3] -> twice_a, b_plus_one
+  DIR/tiny/1/model.onnx         MLP 64 -> 128 -> 10, FP32[-1, 64]
+  DIR/heavy/1/model.onnx        20 x MatMul 256x256, FP32[-1, 256] (slow on purpose)
+  DIR/fixed/1/model.onnx        y = x * 3      x: FP32[2, 2] (no batch dimension)
+  DIR/<arch>/1/model.onnx       torchvision architecture, input FP32[-1, 3, 224, 224]
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 13
+
+
+def save(model, out_dir, name, version):
+    path = os.path.join(out_dir, name, str(version))
+    os.makedirs(path, exist_ok=True)
+    onnx.checker.check_model(model)
+    tmp = os.path.join(path, "model.onnx.tmp")
+    onnx.save(model, tmp)
+    os.replace(tmp, os.path.join(path, "model.onnx"))
+
+
+def make_model(graph):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def add_const(value):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    c = numpy_helper.from_array(np.array([value], dtype=np.float32), "c")
+    node = helper.make_node("Add", ["x", "c"], ["y"])
+    return make_model(helper.make_graph([node], "add_const", [x], [y], [c]))
+
+
+def two_io():
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 3])
+    b = helper.make_tensor_value_info("b", TensorProto.INT64, ["batch", 3])
+    ta = helper.make_tensor_value_info("twice_a", TensorProto.FLOAT, ["batch", 3])
+    bp = helper.make_tensor_value_info("b_plus_one", TensorProto.INT64, ["batch", 3])
+    two = numpy_helper.from_array(np.array([2.0], dtype=np.float32), "two")
+    one = numpy_helper.from_array(np.array([1], dtype=np.int64), "one")
+    nodes = [helper.make_node("Mul", ["a", "two"], ["twice_a"]),
+             helper.make_node("Add", ["b", "one"], ["b_plus_one"])]
+    return make_model(helper.make_graph(nodes, "two_io", [a, b], [ta, bp], [two, one]))
+
+
+def mlp(rng, dims, name):
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", dims[0]])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", dims[-1]])
+    nodes, inits, prev = [], [], "input"
+    for i in range(len(dims) - 1):
+        w = numpy_helper.from_array(
+            (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32), f"w{i}")
+        b = numpy_helper.from_array(np.zeros(dims[i + 1], dtype=np.float32), f"b{i}")
+        inits += [w, b]
+        mm, add = f"mm{i}", f"add{i}"
+        nodes.append(helper.make_node("MatMul", [prev, w.name], [mm]))
+        last = i == len(dims) - 2
+        nodes.append(helper.make_node("Add", [mm, b.name], ["output" if last else add]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [add], [f"relu{i}"]))
+            prev = f"relu{i}"
+    return make_model(helper.make_graph(nodes, name, [x], [out], inits))
+
+
+def fixed():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+    c = numpy_helper.from_array(np.array([3.0], dtype=np.float32), "c")
+    return make_model(helper.make_graph([helper.make_node("Mul", ["x", "c"], ["y"])],
+                                        "fixed", [x], [y], [c]))
+
+
+def export_torchvision(arch, out_dir):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    dummy = torch.randn(1, 3, 224, 224)
+    path = os.path.join(out_dir, arch, "1")
+    os.makedirs(path, exist_ok=True)
+    tmp = os.path.join(path, "model.onnx.tmp")
+    torch.onnx.export(model, dummy, tmp, input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                      opset_version=OPSET, do_constant_folding=True)
+    os.replace(tmp, os.path.join(path, "model.onnx"))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--torchvision", nargs="*", default=[],
+                   help="torchvision architectures to export (random weights)")
+    p.add_argument("--only-torchvision", action="store_true")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if not args.only_torchvision:
+        rng = np.random.default_rng(0)
+        save(add_const(1.0), args.out, "add_one", 1)
+        save(add_const(2.0), args.out, "add_one", 2)
+        save(two_io(), args.out, "two_io", 1)
+        save(mlp(rng, [64, 128, 10], "tiny"), args.out, "tiny", 1)
+        save(mlp(rng, [256] * 21, "heavy"), args.out, "heavy", 1)
+        save(fixed(), args.out, "fixed", 1)
+    for arch in args.torchvision:
+        if not os.path.exists(os.path.join(args.out, arch, "1", "model.onnx")):
+            export_torchvision(arch, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+// A small HTTP/1.1 server on Boost.Beast for every Outpost listener
+// (outpost-serve's API, the hub's APIs, the agent's local status).
+//
+// Threads: one io_context run by `threads` named threads. A handler is
+// called on an io thread and must not block: it answers through the
+// Responder, from any thread, exactly once (long work is handed to other
+// threads, and the Responder posted back to the connection's strand).
+//
+// Protection: header size limit, body size limit (413 before the body is
+// read), a deadline for reading a whole request (slow clients get closed),
+// an idle keep-alive timeout, pipelined requests answered in order, Expect:
+// 100-continue. Errors the server produces itself are JSON: {"error": "..."}.
+//
+// TLS: when `tls_cert_file`/`tls_key_file` are set, every connection is TLS.
+// Create() refuses to listen on a non-loopback address without TLS unless
+// `allow_insecure` is set (security by default).
+#pragma once
+
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+
+namespace outpost::http {
+
+using Request = boost::beast::http::request<boost::beast::http::string_body>;
+using Response = boost::beast::http::response<boost::beast::http::string_body>;
+using Status = boost::beast::http::status;
+
+// Completes one request. Movable, thread-safe to call from any thread,
+// exactly once; if destroyed without Send(), answers 500 so no client hangs.
+class Responder {
+ public:
+  struct Target;  // the connection side; opaque
+  Responder() = default;
+  explicit Responder(std::shared_ptr<Target> target);
+  Responder(Responder&&) noexcept = default;
+  Responder& operator=(Responder&&) noexcept;
+  ~Responder();
+
+  void Send(Response&& response);
+
+ private:
+  std::shared_ptr<Target> target_;
+};
+
+using Handler = std::function<void(Request&& request, Responder responder)>;
+
+struct ServerOptions {
+  std::string address = "127.0.0.1";
+  uint16_t port = 0;  // 0 = a free port, see Server::port()
+  int threads = 2;
+  size_t max_header_bytes = 16 * 1024;
+  size_t max_body_bytes = 64 * 1024 * 1024;
+  std::chrono::milliseconds request_timeout{30000};  // whole request read
+  std::chrono::milliseconds idle_timeout{60000};     // keep-alive between requests
+  std::string server_name = "outpost";
+  std::string tls_cert_file;  // PEM chain
+  std::string tls_key_file;   // PEM private key
+  bool allow_insecure = false;
+};
+
+class Server {
+ public:
+  // Binds and listens (so port() is known), but serves only after Start().
+  // Errors: InvalidArgument (bad address, TLS files unreadable/invalid, or
+  // non-loopback without TLS), Unavailable (bind failed: message has the errno text).
+  static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options, Handler handler);
+  ~Server();  // Stop()
+
+  uint16_t port() const;
+  bool tls() const;
+  void Start();
+  // Stops accepting, closes connections, joins the threads. Idempotent.
+  void Stop();
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Helpers for handlers. Keep-alive and version follow `request`.
+Response JsonResponse(const Request& request, Status status, std::string body);
+// {"error": message} with the given status.
+Response ErrorResponse(const Request& request, Status status, std::string_view message);
+
+bool IsLoopbackAddress(std::string_view address);
+
+}  // namespace outpost::http

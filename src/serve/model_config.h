@@ -1,0 +1,85 @@
+// Per-model configuration: `<repo>/<model>/config.yaml`, all keys optional.
+//
+//   max_batch_size: 8            # 0 = the model takes whole tensors, no batching
+//   dynamic_batching:            # present = batch requests together
+//     max_queue_delay_us: 500
+//     preferred_batch_sizes: [4, 8]
+//   max_queue_size: 64           # queued requests before 503 (backpressure)
+//   instance_count: 1            # concurrent executions of the model
+//   execution_providers: [tensorrt, cuda, cpu]   # in order of preference
+//   strict_providers: false      # true: a provider that fails is a load error
+//   intra_op_threads: 0          # 0 = ONNX Runtime's default (one per core)
+//   inter_op_threads: 1
+//   graph_optimization: all      # disable | basic | extended | all
+//   cpu_arena: true              # ONNX Runtime CPU memory arena
+//   warmup: { iterations: 1 }    # warm-up runs with zero inputs at load
+//   version_policy: latest       # latest | all | {latest: N} | {specific: [1, 3]}
+//   inputs:  [{name: x, datatype: FP32, shape: [3, 224, 224]}]   # optional overrides
+//   outputs: [{name: y, datatype: FP32, shape: [1000]}]
+//   labels: labels.txt           # one label per line, for classification outputs
+//
+// Shapes in `inputs`/`outputs` exclude the batch dimension when
+// max_batch_size > 0, as in Triton.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "serve/tensor.h"
+
+namespace outpost::serve {
+
+enum class ExecutionProvider { kCpu, kCuda, kTensorRt };
+std::string_view ProviderName(ExecutionProvider provider);  // "cpu", "cuda", "tensorrt"
+
+enum class GraphOptimization { kDisable, kBasic, kExtended, kAll };
+
+struct VersionPolicy {
+  enum class Kind { kLatest, kAll, kSpecific };
+  Kind kind = Kind::kLatest;
+  int latest_count = 1;            // for kLatest
+  std::vector<int64_t> versions;  // for kSpecific
+
+  // Of the versions found on disk, the ones to serve (sorted ascending).
+  std::vector<int64_t> Select(std::vector<int64_t> available) const;
+};
+
+struct DynamicBatching {
+  int64_t max_queue_delay_us = 0;
+  std::vector<int64_t> preferred_batch_sizes;
+};
+
+struct ModelConfig {
+  int64_t max_batch_size = 0;
+  std::optional<DynamicBatching> dynamic_batching;
+  int64_t max_queue_size = 128;
+  int instance_count = 1;
+  std::vector<ExecutionProvider> execution_providers = {ExecutionProvider::kCpu};
+  bool strict_providers = false;
+  int intra_op_threads = 0;
+  int inter_op_threads = 1;
+  GraphOptimization graph_optimization = GraphOptimization::kAll;
+  bool cpu_arena = true;
+  int warmup_iterations = 1;
+  VersionPolicy version_policy;
+  std::vector<TensorSpec> inputs;   // overrides; empty = from the model
+  std::vector<TensorSpec> outputs;  // overrides; empty = from the model
+  std::string labels_file;          // relative to the model folder
+  // True when max_batch_size came from the file rather than inference.
+  bool max_batch_size_set = false;
+};
+
+// Parses YAML text. `source` names the file in error messages, which say
+// the file, the key and the reason: "models/resnet/config.yaml: key
+// 'max_batch_size': must be >= 0, got -3". Unknown keys are errors (a typo
+// must not be silently ignored).
+absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view yaml_text, std::string_view source);
+
+// Reads `<model_dir>/config.yaml`; the default config when the file does not exist.
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_dir);
+
+}  // namespace outpost::serve
