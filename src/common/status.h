@@ -5,7 +5,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+#include <charconv>
+#include <concepts>
+#include <string>
+#include <string_view>
+#include <type_traits>
 
 #define OUTPOST_CONCAT_INNER_(a, b) a##b
 #define OUTPOST_CONCAT_(a, b) OUTPOST_CONCAT_INNER_(a, b)
@@ -27,6 +33,50 @@
   lhs = std::move(tmp).value()
 
 namespace outpost {
+
+// Debian's abseil is built with its own absl::string_view (not an alias of
+// std::string_view), so absl::StrCat rejects std::string_view. Use these.
+inline std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}; }
+inline std::string_view MessageOf(const absl::Status& status) { return ToStd(status.message()); }
+
+namespace strings_internal {
+inline void Append(std::string* out, std::string_view s) { out->append(s); }
+inline void Append(std::string* out, const char* s) { out->append(s ? s : "(null)"); }
+inline void Append(std::string* out, const std::string& s) { out->append(s); }
+inline void Append(std::string* out, absl::string_view s) { out->append(s.data(), s.size()); }
+inline void Append(std::string* out, char c) { out->push_back(c); }
+inline void Append(std::string* out, bool b) { out->append(b ? "true" : "false"); }
+template <typename T>
+  requires(std::is_arithmetic_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, char>)
+void Append(std::string* out, T value) {
+  char buf[64];
+  auto result = std::to_chars(buf, buf + sizeof(buf), value);
+  out->append(buf, result.ptr);
+}
+// Any other string-like type (boost::beast::string_view, ...).
+template <typename T>
+  requires(!std::is_arithmetic_v<T> && !std::is_convertible_v<T, std::string_view> &&
+           requires(const T& t) {
+             { t.data() } -> std::convertible_to<const char*>;
+             { t.size() } -> std::convertible_to<size_t>;
+           })
+void Append(std::string* out, const T& s) {
+  out->append(s.data(), s.size());
+}
+}  // namespace strings_internal
+
+// Concatenates strings and numbers (numbers in their shortest exact form).
+template <typename... Args>
+std::string StrCat(const Args&... args) {
+  std::string out;
+  (strings_internal::Append(&out, args), ...);
+  return out;
+}
+
+template <typename... Args>
+void StrAppend(std::string* out, const Args&... args) {
+  (strings_internal::Append(out, args), ...);
+}
 
 // Maps a status to the HTTP status code an API should answer with.
 int HttpStatusFor(const absl::Status& status);

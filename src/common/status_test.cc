@@ -6,7 +6,7 @@ namespace outpost {
 namespace {
 
 absl::StatusOr<int> Half(int x) {
-  if (x % 2 != 0) return absl::InvalidArgumentError(absl::StrCat("odd: ", x));
+  if (x % 2 != 0) return absl::InvalidArgumentError(StrCat("odd: ", x));
   return x / 2;
 }
 

@@ -1,1 +1,189 @@
-int main() { return 0; }
+// outpost-serve: the inference runtime. Flags follow Triton's names where the
+// concept is the same (docs/serve.md).
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "common/http_server.h"
+#include "common/work_queue.h"
+#include "serve/api_http.h"
+#include "serve/metrics.h"
+#include "serve/model_repository.h"
+
+namespace {
+
+using namespace outpost;
+
+// Writes the file in one step so a reader never sees half of it.
+bool WritePortFile(const std::string& path, uint16_t port) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << "{\"http\": " << port << "}\n";
+    if (!out.flush()) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{"outpost-serve: serves ONNX models over the KServe v2 protocol (docs/serve.md)"};
+  std::string repository_root;
+  std::string http_address = "127.0.0.1";
+  int http_port = 8000;
+  int http_threads = 2;
+  std::string control_mode = "none";
+  std::vector<std::string> load_models;
+  int poll_secs = 15;
+  bool strict_readiness = true;
+  int log_verbose = 0;
+  std::string port_file;
+  size_t max_body = 64u << 20;
+  int request_timeout_ms = 30000;
+  int idle_timeout_ms = 60000;
+  std::string tls_cert, tls_key;
+  bool allow_insecure = false;
+
+  app.add_option("--model-repository", repository_root,
+                 "Model repository: <dir>/<model>/<version>/model.onnx [+ <model>/config.yaml]")
+      ->required();
+  app.add_option("--http-address", http_address, "Address to listen on")->capture_default_str();
+  app.add_option("--http-port", http_port, "HTTP port; 0 picks a free port")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  app.add_option("--http-thread-count", http_threads, "HTTP io threads")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--model-control-mode", control_mode,
+                 "none: load all at start; poll: also follow changes on disk; explicit: load "
+                 "only --load-model and repository API requests")
+      ->check(CLI::IsMember({"none", "poll", "explicit"}))
+      ->capture_default_str();
+  app.add_option("--load-model", load_models,
+                 "Model to load at start in explicit mode (repeatable; * = all)");
+  app.add_option("--repository-poll-secs", poll_secs, "Poll interval in poll mode")
+      ->check(CLI::Range(1, 86400))
+      ->capture_default_str();
+  app.add_option("--strict-readiness", strict_readiness,
+                 "Ready only when every model that should be loaded is loaded")
+      ->capture_default_str();
+  app.add_option("--log-verbose", log_verbose, "0 = info, 1 = debug, 2 = trace")
+      ->capture_default_str();
+  app.add_option("--port-file", port_file, "Write {\"http\": PORT} here once listening");
+  app.add_option("--http-max-body-bytes", max_body, "Largest accepted request body")
+      ->capture_default_str();
+  app.add_option("--http-request-timeout-ms", request_timeout_ms,
+                 "A request must arrive whole within this time")
+      ->check(CLI::Range(10, 3600000))
+      ->capture_default_str();
+  app.add_option("--http-idle-timeout-ms", idle_timeout_ms,
+                 "Close keep-alive connections idle this long")
+      ->check(CLI::Range(10, 3600000))
+      ->capture_default_str();
+  app.add_option("--tls-cert", tls_cert, "PEM certificate chain: serve HTTPS");
+  app.add_option("--tls-key", tls_key, "PEM private key for --tls-cert");
+  app.add_flag("--allow-insecure-http", allow_insecure,
+               "Allow plain HTTP on a non-loopback address");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  spdlog::set_level(log_verbose >= 2   ? spdlog::level::trace
+                    : log_verbose == 1 ? spdlog::level::debug
+                                       : spdlog::level::info);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ outpost-serve: %v");
+
+  // Signals are taken by sigwait below; every thread started after this
+  // inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  serve::ServeMetrics metrics;
+  serve::RepositoryOptions repo_options;
+  repo_options.root = repository_root;
+  repo_options.mode = control_mode == "poll"       ? serve::ControlMode::kPoll
+                      : control_mode == "explicit" ? serve::ControlMode::kExplicit
+                                                   : serve::ControlMode::kNone;
+  repo_options.startup_models = load_models;
+  repo_options.poll_interval = std::chrono::seconds(poll_secs);
+  repo_options.metrics = &metrics;
+  auto repository = serve::ModelRepository::Create(repo_options);
+  if (!repository.ok()) {
+    spdlog::error("{}", outpost::MessageOf(repository.status()));
+    return 1;
+  }
+
+  std::atomic<bool> started{false};
+  std::atomic<bool> stopping{false};
+  serve::ModelRepository& repo = **repository;
+  serve::HttpApi api(repo, metrics, [&] {
+    if (stopping.load() || !started.load()) return false;
+    return !strict_readiness || repo.AllReady();
+  });
+
+  http::ServerOptions server_options;
+  server_options.address = http_address;
+  server_options.port = static_cast<uint16_t>(http_port);
+  server_options.threads = http_threads;
+  server_options.max_body_bytes = max_body;
+  server_options.request_timeout = std::chrono::milliseconds(request_timeout_ms);
+  server_options.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
+  server_options.server_name = "outpost-serve/" OUTPOST_VERSION;
+  server_options.tls_cert_file = tls_cert;
+  server_options.tls_key_file = tls_key;
+  server_options.allow_insecure = allow_insecure;
+  auto server = http::Server::Create(
+      server_options, [&api](http::Request&& request, http::Responder responder) {
+        api.Handle(std::move(request), std::move(responder));
+      });
+  if (!server.ok()) {
+    spdlog::error("cannot listen on {}:{}: {}", http_address, http_port,
+                  outpost::MessageOf(server.status()));
+    return 1;
+  }
+  (*server)->Start();
+  spdlog::info("HTTP listening on {}:{}{}", http_address, (*server)->port(),
+               (*server)->tls() ? " (TLS)" : "");
+  if (!port_file.empty() && !WritePortFile(port_file, (*server)->port())) {
+    spdlog::error("cannot write --port-file {}", port_file);
+    return 1;
+  }
+
+  repo.LoadStartupModels();
+  started.store(true);
+  spdlog::info("startup loading finished; ready: {}", repo.AllReady() || !strict_readiness);
+
+  outpost::WorkQueue ticker("metrics-tick");
+  ticker.SetPeriodic(std::chrono::seconds(1), [&repo] {
+    repo.ForEachVersion([](serve::ModelVersion& version) {
+      version.metrics().Tick();
+      version.metrics().SetQueueDepth(version.scheduler().queue_depth());
+    });
+  });
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("signal {}: finishing queued requests, then exiting", signal_number);
+  stopping.store(true);
+  ticker.Stop();
+  repo.UnloadAll();      // queued requests finish and are answered
+  (*server)->Stop();     // then connections close
+  repository->reset();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Run(argc, argv); }
