@@ -14,13 +14,19 @@ all: build
 deps:
 	scripts/deps.sh
 
-$(BUILD)/build.ninja:
+# Every build first makes sure the dependencies are there (a no-op once they
+# are), so `make demo` and `make test` work on a fresh machine.
+.deps-stamp: scripts/deps.sh
+	scripts/deps.sh
+	touch $@
+
+$(BUILD)/build.ninja: .deps-stamp
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(LAUNCHER) $(CMAKE_FLAGS)
 
-build: $(BUILD)/build.ninja
+build: .deps-stamp $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
-$(ASAN_BUILD)/build.ninja:
+$(ASAN_BUILD)/build.ninja: .deps-stamp
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DOUTPOST_SANITIZE=ON \
 	  -DOUTPOST_BUILD_BENCH=OFF $(LAUNCHER) $(CMAKE_FLAGS)
 
@@ -41,7 +47,7 @@ test-unit: build
 test-e2e: build
 	cd $(BUILD) && ctest --output-on-failure -L e2e
 
-$(FUZZ_BUILD)/build.ninja:
+$(FUZZ_BUILD)/build.ninja: .deps-stamp
 	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DOUTPOST_FUZZ=ON -DOUTPOST_BUILD_TESTS=OFF -DOUTPOST_BUILD_BENCH=OFF $(LAUNCHER) $(CMAKE_FLAGS)
 

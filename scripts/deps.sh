@@ -49,9 +49,11 @@ PACKAGES=(
 )
 
 install_packages() {
-  local missing=()
+  local missing=() installed
+  installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null |
+    awk '$NF == "installed" {print $1}')
   for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    grep -qx "$p" <<<"$installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -eq 0 ]; then
     log "Debian packages: all present"

@@ -12,8 +12,12 @@ using nlohmann::json;
 
 template <typename T>
 std::vector<T> Values(const InputTensor& tensor) {
-  std::vector<T> out(tensor.data.size() / sizeof(T));
-  std::memcpy(out.data(), tensor.data.data(), tensor.data.size());
+  std::vector<T> out;
+  for (size_t i = 0; i < tensor.data.size() / sizeof(T); ++i) {
+    T value;
+    std::memcpy(&value, tensor.data.data() + i * sizeof(T), sizeof(T));
+    out.push_back(value);
+  }
   return out;
 }
 
