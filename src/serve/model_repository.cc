@@ -261,8 +261,9 @@ absl::Status ModelRepository::Load(const std::string& name) {
       continue;
     }
     options_.metrics->RecordLoadFailure(name);
-    std::string reason = StrCat("version ", version, ": ", MessageOf(built.status()));
-    spdlog::error("model '{}' {}", name, reason);
+    // The engine's message already names the model, version and file.
+    std::string reason(MessageOf(built.status()));
+    spdlog::error("{}", reason);
     failed[version] = reason;
     if (first_error.ok()) first_error = absl::Status(built.status().code(), reason);
     if (it != current.end()) next[version] = it->second;  // keep serving the old build
