@@ -33,6 +33,10 @@ using Status = boost::beast::http::status;
 
 // Completes one request. Movable, thread-safe to call from any thread,
 // exactly once; if destroyed without Send(), answers 500 so no client hangs.
+// A Send() after the connection closed or the server stopped is dropped
+// silently; a second Send() is a no-op. A Responder may outlive its Server.
+// The server sets Server, Content-Length and keep-alive (from the request,
+// off while stopping or when the response says "Connection: close").
 class Responder {
  public:
   struct Target;  // the connection side; opaque
@@ -56,8 +60,12 @@ struct ServerOptions {
   int threads = 2;
   size_t max_header_bytes = 16 * 1024;
   size_t max_body_bytes = 64 * 1024 * 1024;
-  std::chrono::milliseconds request_timeout{30000};  // whole request read
-  std::chrono::milliseconds idle_timeout{60000};     // keep-alive between requests
+  // A request (TLS handshake, headers and body) must arrive whole within
+  // this, counted from its first byte; also bounds writing a response.
+  std::chrono::milliseconds request_timeout{30000};
+  std::chrono::milliseconds idle_timeout{60000};  // keep-alive between requests
+  // Stop() lets requests in flight finish for up to this long.
+  std::chrono::milliseconds shutdown_grace{5000};
   std::string server_name = "outpost";
   std::string tls_cert_file;  // PEM chain
   std::string tls_key_file;   // PEM private key
@@ -74,8 +82,12 @@ class Server {
 
   uint16_t port() const;
   bool tls() const;
+  // Starts the io threads and accepting. Once; no-op after Stop().
   void Start();
-  // Stops accepting, closes connections, joins the threads. Idempotent.
+  // Stops accepting, closes idle connections, lets requests in flight answer
+  // (with "Connection: close") for up to `shutdown_grace`, then closes the
+  // rest, stops the io threads and joins them; later Sends are dropped.
+  // Idempotent. Never call it from a handler (an io thread): it joins them.
   void Stop();
 
  private:

@@ -9,6 +9,9 @@
 // error) or whose session fails to initialise is recorded in fallbacks(),
 // logged once, and the next one is tried; with strict_providers the first
 // failure is returned instead. CPU always works when listed.
+//
+// All engines share one process-wide Ort::Env (created on first use, never
+// destroyed); ONNX Runtime's log lines go to spdlog.
 #pragma once
 
 #include <filesystem>
@@ -25,7 +28,7 @@ namespace outpost::serve {
 
 struct ProviderFallback {
   ExecutionProvider provider;
-  std::string reason;  // what failed, from ONNX Runtime's message
+  std::string reason;  // what failed, in ONNX Runtime's words
 };
 
 struct EngineOptions {
@@ -38,12 +41,15 @@ struct EngineOptions {
 class Engine {
  public:
   // Loads the model, picks a provider, reads inputs/outputs, applies config
-  // overrides (datatype/shape must agree with the model, else InvalidArgument),
-  // and runs config.warmup_iterations warm-up inferences with zero-filled
-  // inputs (dynamic dimensions as 1). Errors: NotFound (no file),
-  // InvalidArgument (not a loadable ONNX model, bad overrides, unsupported
-  // input type), FailedPrecondition (strict_providers and a provider failed,
-  // or no listed provider works).
+  // overrides (datatype must equal the model's; each dimension must equal the
+  // model's or narrow a dynamic one; with max_batch_size > 0 the config shape
+  // leaves out the batch dimension), and runs config.warmup_iterations
+  // warm-up inferences with zero-filled inputs (dynamic dimensions as 1).
+  // Errors: NotFound (no file), InvalidArgument (not a loadable ONNX model,
+  // bad overrides, a non-tensor or unsupported element type such as string,
+  // max_batch_size > 0 but an input/output without a dynamic first
+  // dimension), FailedPrecondition (strict_providers and a provider failed,
+  // or no listed provider works), Internal (a warm-up inference failed).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
   ~Engine();
 
@@ -58,12 +64,17 @@ class Engine {
   const std::vector<ProviderFallback>& fallbacks() const { return fallbacks_; }
   const EngineOptions& options() const { return options_; }
 
-  // Runs the model once. `inputs` must be in the order of inputs(), shapes
-  // fully known and data sizes consistent (the scheduler validates requests;
-  // Run re-checks sizes and returns InvalidArgument rather than crash).
-  // `output_indices` selects outputs by index into outputs(); empty = all.
+  // Runs the model once. Thread-safe, takes no lock. `inputs` are matched by
+  // position to inputs() (names are not consulted); each must have that
+  // datatype, its rank, its fixed dimensions, no negative dimension, and
+  // exactly element count x element size bytes, else InvalidArgument (the
+  // scheduler validates requests first; this re-check turns a bug into an
+  // error instead of a crash). `output_indices` selects outputs by index into
+  // outputs(), in that order; empty = all; out of range = InvalidArgument.
   // Input data is not copied; outputs point into ONNX Runtime's buffers,
-  // kept alive by OutputTensor::owner. Errors: Internal with ONNX Runtime's message.
+  // kept alive by OutputTensor::owner (one shared owner for the outputs of
+  // one call), which may outlive the Engine. Errors: Internal with the model,
+  // version and ONNX Runtime's message when inference fails inside ORT.
   absl::StatusOr<std::vector<OutputTensor>> Run(std::span<const InputTensor> inputs,
                                                 std::span<const int> output_indices = {}) const;
 

@@ -1,22 +1,24 @@
 // Per-model configuration: `<repo>/<model>/config.yaml`, all keys optional.
 //
 //   max_batch_size: 8            # 0 = the model takes whole tensors, no batching
-//   dynamic_batching:            # present = batch requests together
+//   dynamic_batching:            # present = batch requests together; needs max_batch_size > 0
 //     max_queue_delay_us: 500
-//     preferred_batch_sizes: [4, 8]
-//   max_queue_size: 64           # queued requests before 503 (backpressure)
-//   instance_count: 1            # concurrent executions of the model
-//   execution_providers: [tensorrt, cuda, cpu]   # in order of preference
+//     preferred_batch_sizes: [4, 8]   # each 1..max_batch_size, no repeats
+//   max_queue_size: 64           # queued requests before 503 (backpressure), >= 1
+//   instance_count: 1            # concurrent executions of the model, 1..64
+//   execution_providers: [tensorrt, cuda, cpu]   # in order of preference, any case, no repeats
 //   strict_providers: false      # true: a provider that fails is a load error
 //   intra_op_threads: 0          # 0 = ONNX Runtime's default (one per core)
 //   inter_op_threads: 1
 //   graph_optimization: all      # disable | basic | extended | all
 //   cpu_arena: true              # ONNX Runtime CPU memory arena
-//   warmup: { iterations: 1 }    # warm-up runs with zero inputs at load
+//   warmup: { iterations: 1 }    # warm-up runs with zero inputs at load (0 = none)
 //   version_policy: latest       # latest | all | {latest: N} | {specific: [1, 3]}
-//   inputs:  [{name: x, datatype: FP32, shape: [3, 224, 224]}]   # optional overrides
+//   inputs:  [{name: x, datatype: FP32, shape: [3, 224, 224]}]   # optional overrides;
+//            # all three keys required, dimensions -1 (dynamic) or >= 1
 //   outputs: [{name: y, datatype: FP32, shape: [1000]}]
-//   labels: labels.txt           # one label per line, for classification outputs
+//   labels: labels.txt           # one label per line, for classification outputs;
+//                                # relative to the model folder, no ".."
 //
 // Shapes in `inputs`/`outputs` exclude the batch dimension when
 // max_batch_size > 0, as in Triton.
@@ -41,7 +43,7 @@ enum class GraphOptimization { kDisable, kBasic, kExtended, kAll };
 struct VersionPolicy {
   enum class Kind { kLatest, kAll, kSpecific };
   Kind kind = Kind::kLatest;
-  int latest_count = 1;            // for kLatest
+  int latest_count = 1;           // for kLatest
   std::vector<int64_t> versions;  // for kSpecific
 
   // Of the versions found on disk, the ones to serve (sorted ascending).
@@ -75,11 +77,16 @@ struct ModelConfig {
 
 // Parses YAML text. `source` names the file in error messages, which say
 // the file, the key and the reason: "models/resnet/config.yaml: key
-// 'max_batch_size': must be >= 0, got -3". Unknown keys are errors (a typo
-// must not be silently ignored).
+// 'max_batch_size': must be >= 0, got -3" (nested keys as
+// 'dynamic_batching.preferred_batch_sizes', 'inputs[0].shape'). Unknown and
+// repeated keys are errors (a typo must not be silently ignored; a near miss
+// gets "did you mean"). YAML syntax errors give the line and column. All
+// errors are InvalidArgument. An empty document is the default config.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view yaml_text, std::string_view source);
 
-// Reads `<model_dir>/config.yaml`; the default config when the file does not exist.
+// Reads `<model_dir>/config.yaml`; the default config when the file does not
+// exist. Errors: those of ParseModelConfig (naming the file's path), or
+// FailedPrecondition when the file exists but cannot be read.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& model_dir);
 
 }  // namespace outpost::serve

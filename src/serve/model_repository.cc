@@ -403,7 +403,7 @@ absl::StatusOr<std::shared_ptr<ModelVersion>> ModelRepository::Get(std::string_v
   }
   if (auto v = entry.versions.find(version); v != entry.versions.end()) return v->second;
   if (auto f = entry.failed.find(version); f != entry.failed.end()) {
-    return absl::UnavailableError(StrCat("model '", name, "' ", f->second));
+    return absl::UnavailableError(f->second);
   }
   return absl::NotFoundError(StrCat("model '", name, "' has no version ", version,
                                           " loaded; loaded versions: ",
