@@ -52,7 +52,7 @@ $(FUZZ_BUILD)/build.ninja: .deps-stamp
 	  -DOUTPOST_FUZZ=ON -DOUTPOST_BUILD_TESTS=OFF -DOUTPOST_BUILD_BENCH=OFF $(LAUNCHER) $(CMAKE_FLAGS)
 
 fuzz: $(FUZZ_BUILD)/build.ninja
-	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzzers
 	scripts/run_fuzzers.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 demo: build
