@@ -59,6 +59,8 @@ bool ParseVersionSegment(const std::string& text, int64_t* version) {
 
 // Shared by the io thread (until Submit accepts) and the inference callback.
 struct InferContext {
+  ~InferContext() { http::RecycleBody(std::move(request.body())); }
+
   http::Request request;
   http::Responder responder;
   DecodedInferRequest decoded;

@@ -90,13 +90,12 @@ void ModelMetrics::SetLoaded(double load_seconds) {
 void ModelMetrics::Tick() {
   std::lock_guard<std::mutex> lock(tick_mu_);
   double now = success_.Value();
-  // history_ holds the success count at each of the last kWindow ticks.
   int slot = tick_ % kWindow;
-  int ticks = tick_ < kWindow ? tick_ : kWindow;
-  double oldest = ticks == 0 ? now : history_[tick_ < kWindow ? 0 : slot];
+  int span = tick_ < kWindow ? tick_ : kWindow;
+  double oldest = history_[tick_ < kWindow ? 0 : slot];
   history_[slot] = now;
   ++tick_;
-  ips_.Set(ticks == 0 ? 0 : (now - oldest) / ticks);
+  ips_.Set((now - oldest) / span);
 }
 
 ServeMetrics::ServeMetrics()

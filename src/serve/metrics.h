@@ -66,8 +66,10 @@ class ModelMetrics {
 
   static constexpr int kWindow = 10;
   std::mutex tick_mu_;  // only Tick() takes it, once a second
+  // history_[t % kWindow] = success count at tick t; tick 0 is creation
+  // (count 0), so the first second of traffic is counted.
   double history_[kWindow] = {};
-  int tick_ = 0;
+  int tick_ = 1;
 };
 
 class ServeMetrics {

@@ -1,5 +1,6 @@
 #include "serve/model_repository.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -119,10 +120,16 @@ std::shared_ptr<ModelVersion> ModelRepository::Adopt(ModelVersion* version) {
   return std::shared_ptr<ModelVersion>(version, [worker](ModelVersion* v) {
     // Draining may wait for a batch in flight: never do it on the thread that
     // happened to drop the last reference (an io or inference thread).
+    auto destroy = [v] {
+      delete v;
+      // glibc keeps freed heap pages; a device that swaps models for weeks
+      // must return a session's hundreds of MB to the system.
+      malloc_trim(0);
+    };
     if (auto queue = worker.lock(); queue && !queue->OnQueueThread()) {
-      if (queue->Post([v] { delete v; })) return;
+      if (queue->Post(destroy)) return;
     }
-    delete v;
+    destroy();
   });
 }
 

@@ -7,7 +7,13 @@
 // the first dimension, runs the engine once and splits the outputs back per
 // request (no copy on the way out: outputs share the batch's buffers).
 // Batching happens on the instance thread itself, so an unbatched request
-// costs exactly one thread hand-off.
+// costs exactly one thread hand-off. One thread at a time gathers a batch
+// (requests arriving meanwhile join it); a request whose first dimension
+// would overflow max_batch_size, or whose other dimensions differ from the
+// batch's, waits for the next batch (order is kept). A preferred size that
+// is reached runs at once; past the delay, whatever was gathered runs.
+// Concatenated inputs live in per-thread buffers reused across batches.
+// A failed engine run fails every request of its batch with its error.
 //
 // Thread safety: all public methods are thread-safe.
 #pragma once
@@ -45,7 +51,8 @@ struct InferResponse {
   InferStats stats;
 };
 
-// Called exactly once per accepted request, on a scheduler thread.
+// Called exactly once per accepted request, on a scheduler thread, outside
+// any scheduler lock. It may call Drain or destroy the scheduler.
 using InferCallback = absl::AnyInvocable<void(absl::StatusOr<InferResponse>) &&>;
 
 struct SchedulerOptions {
@@ -54,37 +61,48 @@ struct SchedulerOptions {
   std::optional<DynamicBatching> dynamic_batching;
   int64_t max_queue_size = 128;
   int instance_count = 1;
-  // Called once per executed batch, on the instance thread (for metrics).
+  // Called once per executed batch, on the instance thread, before the
+  // batch's request callbacks (for metrics).
   std::function<void(int batch_size, int64_t compute_ns, bool ok)> on_batch;
 };
 
 // Checks a request against the model's inputs: every input present once,
-// no unknown input, datatype equal, rank and fixed dimensions equal, first
-// dimension <= max_batch_size when batching, data size == element count x
-// element size, requested outputs exist. InvalidArgument with a message that
-// names the input and what was expected.
+// no unknown input, datatype equal (BYTES is not supported), rank and fixed
+// dimensions equal, no negative dimension, first dimension in
+// 1..max_batch_size and equal across inputs when batching, data size ==
+// element count x element size, requested outputs exist and are not
+// repeated. InvalidArgument with a message that names the input and what
+// was expected, e.g. "input 'x': expected shape [-1,4], got [1,5]".
 absl::Status ValidateRequest(const Engine& engine, int64_t max_batch_size,
                              const InferRequest& request);
 
 class Scheduler {
  public:
-  // `engine` is borrowed and must outlive the scheduler.
+  // `engine` is borrowed and must outlive the scheduler. Starts
+  // instance_count threads named "infer-<name>". InvalidArgument for bad
+  // options (a batching model whose inputs lack a dynamic first dimension,
+  // preferred sizes outside 1..max_batch_size, sizes < 1); ResourceExhausted
+  // when a thread cannot be started.
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const Engine& engine,
                                                            SchedulerOptions options);
   // Drains: see Drain().
   ~Scheduler();
 
-  // Validates and enqueues. Returns InvalidArgument (bad request) or
-  // Unavailable (queue full, or draining) without calling `done`; on OK,
-  // `done` is called later exactly once. The request's input data must stay
-  // valid until `done` runs.
+  // Validates and enqueues; never blocks on the queue. Returns
+  // InvalidArgument (see ValidateRequest) or Unavailable (queue full: "model
+  // 'x' version 1: queue full (64 requests); retry later", or draining:
+  // "... is unloading") without calling `done`; on OK, `done` is called
+  // later exactly once. The request's input data must stay valid until
+  // `done` runs. Outputs come in the order requested (or model order).
   absl::Status Submit(InferRequest&& request, InferCallback done);
 
-  // Stops accepting new requests, completes every queued one, joins the
-  // threads. Idempotent. Safe to call from a callback (the calling thread is
-  // detached instead of joined).
+  // Stops accepting new requests, completes every queued one (without
+  // waiting out the batching delay), joins the threads. Idempotent. Safe to
+  // call from a callback, also through the destructor: that thread runs the
+  // rest of the queue itself and is detached instead of joined.
   void Drain();
 
+  // Accepted requests not yet running (including those being gathered).
   int64_t queue_depth() const { return queue_depth_.load(std::memory_order_relaxed); }
   const SchedulerOptions& options() const { return options_; }
 
