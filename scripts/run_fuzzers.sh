@@ -4,7 +4,7 @@
 # Exit status is non-zero when any target finds a crash, leak or timeout.
 #   scripts/run_fuzzers.sh BUILD_DIR SECONDS
 set -euo pipefail
-build=${1:?build dir}
+build=$(cd "${1:?build dir}" && pwd)
 seconds=${2:-60}
 here=$(cd "$(dirname "$0")/.." && pwd)
 mapfile -t targets < <(find "$build/src" -maxdepth 2 -type f -name '*_fuzz' -perm -u+x | sort)
