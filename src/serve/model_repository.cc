@@ -173,7 +173,9 @@ absl::StatusOr<std::shared_ptr<ModelVersion>> ModelRepository::BuildVersion(
   loaded->config_ = config;
   loaded->signature_ = signature;
   loaded->engine_ = std::move(engine).value();
-  if (!config.max_batch_size_set) {
+  // Override shapes were read as full shapes (no max_batch_size given), so
+  // batching is inferred only when the model's own shapes are used.
+  if (!config.max_batch_size_set && config.inputs.empty() && config.outputs.empty()) {
     loaded->config_.max_batch_size = InferMaxBatchSize(*loaded->engine_);
   }
   for (const ProviderFallback& fallback : loaded->engine_->fallbacks()) {
