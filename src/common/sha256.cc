@@ -1,0 +1,64 @@
+#include "common/sha256.h"
+
+#include <openssl/evp.h>
+
+#include <cstdlib>
+
+namespace outpost {
+namespace {
+
+// EVP fails only when out of memory or with a broken OpenSSL install;
+// neither is recoverable by a caller that wants a hash.
+void CheckOpenSsl(int ok) {
+  if (ok != 1) std::abort();
+}
+
+}  // namespace
+
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  if (ctx_ == nullptr) std::abort();
+  CheckOpenSsl(EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr));
+}
+
+Sha256::~Sha256() { EVP_MD_CTX_free(ctx_); }
+
+void Sha256::Update(const void* data, size_t size) {
+  if (size == 0) return;
+  CheckOpenSsl(EVP_DigestUpdate(ctx_, data, size));
+}
+
+Sha256::Digest Sha256::Finish() {
+  Digest digest;
+  unsigned int length = 0;
+  CheckOpenSsl(EVP_DigestFinal_ex(ctx_, digest.data(), &length));
+  CheckOpenSsl(EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr));
+  return digest;
+}
+
+std::string Sha256::FinishHex() {
+  Digest digest = Finish();
+  return HexEncode(digest.data(), digest.size());
+}
+
+Sha256::Digest Sha256::Of(std::string_view data) {
+  Sha256 hash;
+  hash.Update(data);
+  return hash.Finish();
+}
+
+std::string Sha256::HexOf(std::string_view data) {
+  Digest digest = Of(data);
+  return HexEncode(digest.data(), digest.size());
+}
+
+std::string HexEncode(const uint8_t* data, size_t size) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(size * 2, '\0');
+  for (size_t i = 0; i < size; ++i) {
+    out[2 * i] = kDigits[data[i] >> 4];
+    out[2 * i + 1] = kDigits[data[i] & 0xf];
+  }
+  return out;
+}
+
+}  // namespace outpost
