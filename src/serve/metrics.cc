@@ -28,16 +28,14 @@ double Seconds(int64_t ns) { return static_cast<double>(ns) * 1e-9; }
 ModelMetrics::ModelMetrics(ServeMetrics& owner, const std::string& model,
                            const std::string& version, const std::string& provider)
     : owner_(owner),
+      model_(model),
+      version_(version),
       success_(owner.requests_.Add({{"model", model}, {"version", version}, {"status", "success"}})),
       failure_(owner.requests_.Add({{"model", model}, {"version", version}, {"status", "failure"}})),
       rejections_(owner.rejections_.Add({{"model", model}, {"version", version}})),
       total_(owner.total_.Add({{"model", model}, {"version", version}}, LatencyBuckets())),
       queue_(owner.queue_.Add({{"model", model}, {"version", version}}, LatencyBuckets())),
       compute_(owner.compute_.Add({{"model", model}, {"version", version}}, LatencyBuckets())),
-      latency_(owner.latency_.Add(
-          {{"model", model}, {"version", version}},
-          prometheus::Summary::Quantiles{{0.5, 0.01}, {0.95, 0.005}, {0.99, 0.001}},
-          std::chrono::minutes(5), 5)),
       batch_(owner.batch_.Add({{"model", model}, {"version", version}}, BatchBuckets())),
       ips_(owner.ips_.Add({{"model", model}, {"version", version}})),
       queue_depth_(owner.queue_depth_.Add({{"model", model}, {"version", version}})),
@@ -53,7 +51,6 @@ ModelMetrics::~ModelMetrics() {
   owner_.total_.Remove(&total_);
   owner_.queue_.Remove(&queue_);
   owner_.compute_.Remove(&compute_);
-  owner_.latency_.Remove(&latency_);
   owner_.batch_.Remove(&batch_);
   owner_.ips_.Remove(&ips_);
   owner_.queue_depth_.Remove(&queue_depth_);
@@ -119,10 +116,6 @@ ServeMetrics::ServeMetrics()
       compute_(prometheus::BuildHistogram()
                    .Name("outpost_inference_compute_duration_seconds")
                    .Help("ONNX Runtime execution time of the batch a request was in.")
-                   .Register(*registry_)),
-      latency_(prometheus::BuildSummary()
-                   .Name("outpost_inference_latency_seconds")
-                   .Help("End-to-end latency quantiles over a rolling 5-minute window.")
                    .Register(*registry_)),
       batch_(prometheus::BuildHistogram()
                  .Name("outpost_inference_batch_size")
@@ -194,6 +187,29 @@ std::string ServeMetrics::Serialize() const {
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   std::vector<prometheus::MetricFamily> extra = process_->Collect();
   families.insert(families.end(), extra.begin(), extra.end());
+
+  prometheus::MetricFamily latency;
+  latency.name = "outpost_inference_latency_seconds";
+  latency.help = "End-to-end latency quantiles over a rolling 5-minute window.";
+  latency.type = prometheus::MetricType::Summary;
+  std::vector<std::shared_ptr<ModelMetrics>> live;
+  {
+    std::lock_guard<std::mutex> lock(models_mu_);
+    for (const auto& [key, weak] : models_) {
+      if (auto model = weak.lock()) live.push_back(std::move(model));
+    }
+  }
+  for (const auto& model : live) {
+    prometheus::ClientMetric metric;
+    metric.label = {{"model", model->model_}, {"version", model->version_}};
+    metric.summary.sample_count = model->latency_.Count();
+    metric.summary.sample_sum = model->latency_.Sum();
+    for (double q : {0.5, 0.95, 0.99}) {
+      metric.summary.quantile.push_back({q, model->latency_.Quantile(q)});
+    }
+    latency.metric.push_back(std::move(metric));
+  }
+  families.push_back(std::move(latency));
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, families);
   return out.str();

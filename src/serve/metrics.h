@@ -21,6 +21,8 @@
 #include <mutex>
 #include <string>
 
+#include "common/rolling_quantiles.h"
+
 namespace outpost::serve {
 
 class ServeMetrics;
@@ -48,6 +50,9 @@ class ModelMetrics {
   ModelMetrics(ServeMetrics& owner, const std::string& model, const std::string& version,
                const std::string& provider);
 
+  const std::string model_;
+  const std::string version_;
+
   ServeMetrics& owner_;
   bool remove_series_ = true;
   prometheus::Counter& success_;
@@ -56,7 +61,7 @@ class ModelMetrics {
   prometheus::Histogram& total_;
   prometheus::Histogram& queue_;
   prometheus::Histogram& compute_;
-  prometheus::Summary& latency_;
+  RollingQuantiles latency_;  // exposed as outpost_inference_latency_seconds
   prometheus::Histogram& batch_;
   prometheus::Gauge& ips_;
   prometheus::Gauge& queue_depth_;
@@ -96,7 +101,6 @@ class ServeMetrics {
   prometheus::Family<prometheus::Histogram>& total_;
   prometheus::Family<prometheus::Histogram>& queue_;
   prometheus::Family<prometheus::Histogram>& compute_;
-  prometheus::Family<prometheus::Summary>& latency_;
   prometheus::Family<prometheus::Histogram>& batch_;
   prometheus::Family<prometheus::Gauge>& ips_;
   prometheus::Family<prometheus::Gauge>& queue_depth_;
@@ -106,7 +110,7 @@ class ServeMetrics {
   prometheus::Family<prometheus::Counter>& load_failures_;
   prometheus::Family<prometheus::Counter>& fallbacks_;
   std::shared_ptr<prometheus::Collectable> process_;
-  std::mutex models_mu_;
+  mutable std::mutex models_mu_;
   std::map<std::pair<std::string, std::string>, std::weak_ptr<ModelMetrics>> models_;
 };
 
