@@ -73,6 +73,12 @@ class Connection {
     if (fd_ < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
     int one = 1;
     ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // A whole tensor request fits in the socket buffers, so one write()
+    // hands it to the kernel and the server reads it while it is copied,
+    // instead of the two sides taking turns in 16 KB steps.
+    int buffer = 4 << 20;
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof(buffer));
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof(buffer));
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(static_cast<uint16_t>(port_));
