@@ -21,6 +21,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,7 +47,8 @@ constexpr std::string_view kUsage = R"(usage: loadgen --port N --model NAME [opt
   --port N             server port (required)
   --model NAME         model name (required)
   --version V          model version (default: the server's newest)
-  --mode binary|json   tensor encoding (default binary)
+  --mode binary|json|shm  tensor encoding (default binary); shm = input in a POSIX
+                       shared memory region (system shared memory extension)
   --concurrency N      connections = threads (default 1)
   --warmup S           seconds of unmeasured warm-up (default 1)
   --duration S         measured seconds (default 5)
@@ -254,14 +257,20 @@ absl::StatusOr<TensorInfo> FetchMetadata(Connection& conn, const std::string& ho
 }
 
 // Builds the whole request once: request line, headers, body.
+// With `shm_region` set, the input is named by its shared memory region
+// (system shared memory extension) and only the JSON header is sent.
 std::string BuildRequest(const std::string& host, int port, const std::string& path,
-                         const TensorInfo& info, bool binary, const std::vector<float>& data) {
+                         const TensorInfo& info, bool binary, const std::vector<float>& data,
+                         const std::string& shm_region = "") {
   nlohmann::json shape = info.shape;
   std::string header =
       absl::StrCat(R"({"inputs":[{"name":)", nlohmann::json(info.input_name).dump(), R"(,"shape":)",
                    shape.dump(), R"(,"datatype":"FP32",)");
   size_t bytes = data.size() * sizeof(float);
-  if (binary) {
+  if (!shm_region.empty()) {
+    absl::StrAppend(&header, R"("parameters":{"shared_memory_region":")", shm_region,
+                    R"(","shared_memory_byte_size":)", bytes, "}}]");
+  } else if (binary) {
     absl::StrAppend(&header, R"("parameters":{"binary_data_size":)", bytes, "}}]");
   } else {
     header += R"("data":[)";
@@ -281,18 +290,56 @@ std::string BuildRequest(const std::string& host, int port, const std::string& p
   }
   header += "]}";
 
-  size_t body_size = header.size() + (binary ? bytes : 0);
+  const bool binary_input = binary && shm_region.empty();
+  size_t body_size = header.size() + (binary_input ? bytes : 0);
   std::string request =
       absl::StrCat("POST ", path, " HTTP/1.1\r\nHost: ", host, ":", port,
                    "\r\nContent-Type: ", binary ? "application/octet-stream" : "application/json",
                    "\r\nContent-Length: ", body_size, "\r\n");
-  if (binary) absl::StrAppend(&request, "Inference-Header-Content-Length: ", header.size(), "\r\n");
+  if (binary_input) {
+    absl::StrAppend(&request, "Inference-Header-Content-Length: ", header.size(), "\r\n");
+  }
   request += "\r\n";
   request.reserve(request.size() + body_size);
   request += header;
-  if (binary) request.append(reinterpret_cast<const char*>(data.data()), bytes);
+  if (binary_input) request.append(reinterpret_cast<const char*>(data.data()), bytes);
   return request;
 }
+
+// A POSIX shared memory object holding the input, registered with the server
+// for the run; removed again on destruction.
+class ShmInput {
+ public:
+  ~ShmInput() {
+    if (!key_.empty()) shm_unlink(key_.c_str());
+  }
+  absl::Status Create(const std::vector<float>& data) {
+    key_ = absl::StrCat("/outpost-loadgen-", getpid());
+    region_ = absl::StrCat("loadgen-", getpid());
+    size_t bytes = data.size() * sizeof(float);
+    int fd = shm_open(key_.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    if (fd < 0) return absl::InternalError(absl::StrCat("shm_open: ", std::strerror(errno)));
+    bool ok = ftruncate(fd, static_cast<off_t>(bytes)) == 0;
+    void* p = ok ? mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    close(fd);
+    if (p == MAP_FAILED) return absl::InternalError(absl::StrCat("shm: ", std::strerror(errno)));
+    std::memcpy(p, data.data(), bytes);
+    munmap(p, bytes);
+    return absl::OkStatus();
+  }
+  std::string RegisterRequest(const std::string& host, int port, size_t bytes) const {
+    std::string body = absl::StrCat(R"({"key":")", key_, R"(","byte_size":)", bytes, "}");
+    return absl::StrCat("POST /v2/systemsharedmemory/region/", region_,
+                        "/register HTTP/1.1\r\nHost: ", host, ":", port,
+                        "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
+                        "\r\n\r\n", body);
+  }
+  const std::string& region() const { return region_; }
+
+ private:
+  std::string key_;
+  std::string region_;
+};
 
 int Main(int argc, char** argv) {
   auto flags_or =
@@ -323,9 +370,9 @@ int Main(int argc, char** argv) {
   std::string mode = flags.Get("mode", "binary");
   std::string model = flags.Get("model");
   if (*port <= 0 || *port > 65535 || model.empty() || *concurrency < 1 ||
-      (mode != "binary" && mode != "json")) {
+      (mode != "binary" && mode != "json" && mode != "shm")) {
     std::fprintf(stderr,
-                 "loadgen: need --port, --model, --concurrency >= 1, --mode binary|json\n%s",
+                 "loadgen: need --port, --model, --concurrency >= 1, --mode binary|json|shm\n%s",
                  kUsage.data());
     return 2;
   }
@@ -367,8 +414,22 @@ int Main(int argc, char** argv) {
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (float& v : data) v = dist(rng);
+  ShmInput shm;
+  if (mode == "shm") {
+    absl::Status created = shm.Create(data);
+    int registered = created.ok() ? probe.RoundTrip(shm.RegisterRequest(
+                                        host, static_cast<int>(*port), data.size() * sizeof(float)))
+                                  : 0;
+    if (registered != 200) {
+      std::fprintf(stderr, "loadgen: shared memory registration failed: %s %.*s\n",
+                   created.ToString().c_str(), static_cast<int>(probe.body().size()),
+                   probe.body().data());
+      return 1;
+    }
+  }
   const std::string request =
-      BuildRequest(host, static_cast<int>(*port), base + "/infer", info, mode == "binary", data);
+      BuildRequest(host, static_cast<int>(*port), base + "/infer", info, mode != "json", data,
+                   mode == "shm" ? shm.region() : "");
 
   // One request up front: a server that answers errors quickly must not be
   // mistaken for a fast server.
@@ -379,7 +440,7 @@ int Main(int argc, char** argv) {
                  probe.body().data());
     return 1;
   }
-  if (mode == "binary" && probe.header("inference-header-content-length").empty()) {
+  if (mode != "json" && probe.header("inference-header-content-length").empty()) {
     std::fprintf(stderr,
                  "loadgen: warning: binary output requested but the response has no "
                  "Inference-Header-Content-Length\n");

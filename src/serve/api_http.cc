@@ -87,8 +87,9 @@ bool DecodePathSegment(std::string_view in, std::string* out) {
   return true;
 }
 
-HttpApi::HttpApi(ModelRepository& repository, ServeMetrics& metrics, std::function<bool()> ready)
-    : repository_(repository), metrics_(metrics), ready_(std::move(ready)) {}
+HttpApi::HttpApi(ModelRepository& repository, ServeMetrics& metrics, std::function<bool()> ready,
+                 SharedMemoryRegistry* shm)
+    : repository_(repository), metrics_(metrics), ready_(std::move(ready)), shm_(shm) {}
 
 void HttpApi::Handle(http::Request&& request, http::Responder responder) {
   std::string_view target(request.target().data(), request.target().size());
@@ -122,9 +123,9 @@ void HttpApi::Handle(http::Request&& request, http::Responder responder) {
 
   if (parts.size() == 1) {  // GET /v2
     if (method != bhttp::verb::get) return method_not_allowed("GET");
-    json body = {{"name", "outpost-serve"},
-                 {"version", OUTPOST_VERSION},
-                 {"extensions", {"binary_tensor_data", "model_repository", "metrics"}}};
+    json extensions = {"binary_tensor_data", "model_repository", "metrics"};
+    if (shm_ != nullptr) extensions.push_back("system_shared_memory");
+    json body = {{"name", "outpost-serve"}, {"version", OUTPOST_VERSION}, {"extensions", extensions}};
     return responder.Send(http::JsonResponse(request, http::Status::ok, body.dump()));
   }
 
@@ -135,6 +136,10 @@ void HttpApi::Handle(http::Request&& request, http::Responder responder) {
       return responder.Send(
           Empty(request, ready_() ? http::Status::ok : http::Status::service_unavailable));
     }
+  }
+
+  if (parts[1] == "systemsharedmemory") {
+    return HandleSharedMemory(request, std::move(responder), parts);
   }
 
   if (parts[1] == "repository" && parts.size() >= 3) {
@@ -229,7 +234,7 @@ void HttpApi::HandleInfer(http::Request&& request, http::Responder responder, st
   ModelVersion* mv = found->get();
 
   std::string_view body = ctx->request.body();
-  absl::Status status = DecodeInferRequest(body, header_length, &ctx->decoded);
+  absl::Status status = DecodeInferRequest(body, header_length, &ctx->decoded, shm_);
   if (!status.ok()) {
     mv->metrics().RecordFailure();
     return ctx->responder.Send(StatusError(ctx->request, status));
@@ -248,8 +253,12 @@ void HttpApi::HandleInfer(http::Request&& request, http::Responder responder, st
           return ctx->responder.Send(StatusError(ctx->request, result.status()));
         }
         EncodedInferResponse encoded;
-        EncodeInferResponse(ctx->decoded, mv->name(), mv->version_string(), result->outputs,
-                            &encoded);
+        absl::Status encode_status = EncodeInferResponse(
+            ctx->decoded, mv->name(), mv->version_string(), result->outputs, &encoded);
+        if (!encode_status.ok()) {
+          mv->metrics().RecordFailure();
+          return ctx->responder.Send(StatusError(ctx->request, encode_status));
+        }
         result->outputs.clear();  // release ONNX Runtime's buffers before answering
         http::Response response(http::Status::ok, ctx->request.version());
         response.keep_alive(ctx->request.keep_alive());
@@ -276,6 +285,75 @@ void HttpApi::HandleInfer(http::Request&& request, http::Responder responder, st
     }
     ctx->responder.Send(StatusError(ctx->request, status));
   }
+}
+
+void HttpApi::HandleSharedMemory(const http::Request& request, http::Responder responder,
+                                 const std::vector<std::string>& parts) {
+  if (shm_ == nullptr) {
+    return responder.Send(http::ErrorResponse(
+        request, http::Status::not_found,
+        "the system shared memory extension is offered on loopback listeners only"));
+  }
+  // /v2/systemsharedmemory/status | /unregister
+  // /v2/systemsharedmemory/region/{name}/status | /register | /unregister
+  std::string region;
+  std::string action;
+  if (parts.size() == 3) {
+    action = parts[2];
+  } else if (parts.size() == 5 && parts[2] == "region") {
+    region = parts[3];
+    action = parts[4];
+  }
+  auto status_json = [](const SharedMemoryRegion& r) {
+    return json{{"name", r.name()}, {"key", r.key()}, {"offset", r.offset()},
+                {"byte_size", r.byte_size()}};
+  };
+  if (action == "status") {
+    if (request.method() != bhttp::verb::get) {
+      return responder.Send(
+          http::ErrorResponse(request, http::Status::method_not_allowed, "use GET for status"));
+    }
+    json out = json::array();
+    if (!region.empty()) {
+      auto found = shm_->Find(region);
+      if (!found.ok()) return responder.Send(StatusError(request, found.status()));
+      out.push_back(status_json(**found));
+    } else {
+      for (const auto& r : shm_->List()) out.push_back(status_json(*r));
+    }
+    return responder.Send(http::JsonResponse(request, http::Status::ok, out.dump()));
+  }
+  if ((action == "register" && !region.empty()) || action == "unregister") {
+    if (request.method() != bhttp::verb::post) {
+      return responder.Send(http::ErrorResponse(request, http::Status::method_not_allowed,
+                                                StrCat("use POST to ", action)));
+    }
+    absl::Status status;
+    if (action == "unregister") {
+      if (region.empty()) {
+        shm_->UnregisterAll();
+      } else {
+        status = shm_->Unregister(region);
+      }
+    } else {
+      json body = json::parse(request.body(), nullptr, /*allow_exceptions=*/false);
+      if (!body.is_object() || !body.contains("key") || !body["key"].is_string() ||
+          !body.contains("byte_size") || !body["byte_size"].is_number_unsigned() ||
+          (body.contains("offset") && !body["offset"].is_number_unsigned())) {
+        return responder.Send(http::ErrorResponse(
+            request, http::Status::bad_request,
+            "register takes {\"key\": \"/name\", \"byte_size\": N, \"offset\": N}"));
+      }
+      status = shm_->Register(region, body["key"].get<std::string>(),
+                              body.value("offset", size_t{0}), body["byte_size"].get<size_t>());
+    }
+    if (!status.ok()) return responder.Send(StatusError(request, status));
+    return responder.Send(http::JsonResponse(request, http::Status::ok, "{}"));
+  }
+  responder.Send(http::ErrorResponse(
+      request, http::Status::not_found,
+      "no such shared memory route; see docs/serve.md (status, region/{name}/register, "
+      "region/{name}/unregister, unregister)"));
 }
 
 void HttpApi::HandleRepository(http::Request&& request, http::Responder responder,

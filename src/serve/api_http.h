@@ -15,14 +15,17 @@
 #include "common/http_server.h"
 #include "serve/metrics.h"
 #include "serve/model_repository.h"
+#include "serve/shared_memory.h"
 
 namespace outpost::serve {
 
 class HttpApi {
  public:
-  // `repository` and `metrics` are borrowed and outlive the API. `ready`
-  // answers /v2/health/ready.
-  HttpApi(ModelRepository& repository, ServeMetrics& metrics, std::function<bool()> ready);
+  // `repository`, `metrics` and `shm` are borrowed and outlive the API.
+  // `ready` answers /v2/health/ready. `shm` null = no shared memory extension
+  // (it is offered on loopback listeners only).
+  HttpApi(ModelRepository& repository, ServeMetrics& metrics, std::function<bool()> ready,
+          SharedMemoryRegistry* shm = nullptr);
 
   void Handle(http::Request&& request, http::Responder responder);
 
@@ -33,10 +36,13 @@ class HttpApi {
                            const std::string& model, int64_t version);
   void HandleRepository(http::Request&& request, http::Responder responder,
                         std::string_view rest);
+  void HandleSharedMemory(const http::Request& request, http::Responder responder,
+                          const std::vector<std::string>& parts);
 
   ModelRepository& repository_;
   ServeMetrics& metrics_;
   std::function<bool()> ready_;
+  SharedMemoryRegistry* shm_;
 };
 
 // Percent-decodes a URL path segment; false on a malformed escape.

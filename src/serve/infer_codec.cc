@@ -204,8 +204,52 @@ absl::Status BoolParameter(const json& object, const char* key, std::string_view
   return absl::OkStatus();
 }
 
+struct ShmReference {
+  std::shared_ptr<const SharedMemoryRegion> region;
+  size_t offset = 0;
+  size_t size = 0;
+};
+
+// Reads the shared_memory_* parameters of an input or output, if any.
+absl::Status ShmParameters(const json& object, std::string_view where,
+                           const SharedMemoryRegistry* shm, std::optional<ShmReference>* ref) {
+  auto params = object.find("parameters");
+  if (params == object.end() || !params->is_object()) return absl::OkStatus();
+  auto region = params->find("shared_memory_region");
+  if (region == params->end()) return absl::OkStatus();
+  if (!region->is_string()) {
+    return Invalid(StrCat(where, ": 'shared_memory_region' must be a string"));
+  }
+  if (shm == nullptr) {
+    return Invalid(StrCat(where,
+                          ": shared memory is only offered on a loopback listener; send the "
+                          "tensor in the request instead"));
+  }
+  auto size = params->find("shared_memory_byte_size");
+  if (size == params->end() || !size->is_number_unsigned()) {
+    return Invalid(StrCat(where, ": 'shared_memory_byte_size' (a non-negative integer) is "
+                                 "required with 'shared_memory_region'"));
+  }
+  ShmReference out;
+  out.size = size->get<size_t>();
+  if (auto offset = params->find("shared_memory_offset"); offset != params->end()) {
+    if (!offset->is_number_unsigned()) {
+      return Invalid(StrCat(where, ": 'shared_memory_offset' must be a non-negative integer"));
+    }
+    out.offset = offset->get<size_t>();
+  }
+  auto found = shm->Find(region->get<std::string>());
+  if (!found.ok()) return Invalid(StrCat(where, ": ", MessageOf(found.status())));
+  out.region = std::move(found).value();
+  auto slice = out.region->Slice(out.offset, out.size);
+  if (!slice.ok()) return Invalid(StrCat(where, ": ", MessageOf(slice.status())));
+  *ref = std::move(out);
+  return absl::OkStatus();
+}
+
 absl::Status DecodeInput(const json& input, size_t index, std::string_view binary, size_t* binary_used,
-                         bool has_binary_section, DecodedInferRequest* out) {
+                         bool has_binary_section, const SharedMemoryRegistry* shm,
+                         DecodedInferRequest* out) {
   std::string where = StrCat("inputs[", index, "]");
   if (!input.is_object()) return Invalid(StrCat(where, " must be an object"));
   auto name = input.find("name");
@@ -260,7 +304,22 @@ absl::Status DecodeInput(const json& input, size_t index, std::string_view binar
     }
   }
   auto data = input.find("data");
-  if (binary_size >= 0) {
+  std::optional<ShmReference> shm_ref;
+  RETURN_IF_ERROR(ShmParameters(input, where, shm, &shm_ref));
+  if (shm_ref.has_value()) {
+    if (data != input.end() || binary_size >= 0) {
+      return Invalid(StrCat(where, ": give one of 'data', 'binary_data_size' or "
+                                   "'shared_memory_region'"));
+    }
+    if (shm_ref->size != bytes) {
+      return Invalid(StrCat(where, ": shared_memory_byte_size ", shm_ref->size,
+                            " does not match shape ", ShapeString(tensor.shape), " of ",
+                            DataTypeName(tensor.datatype), " (", bytes, " bytes)"));
+    }
+    auto slice = shm_ref->region->Slice(shm_ref->offset, shm_ref->size);
+    tensor.data = *slice;
+    out->regions.push_back(std::move(shm_ref->region));
+  } else if (binary_size >= 0) {
     if (!has_binary_section) {
       return Invalid(StrCat(where,
                                   ": has 'binary_data_size' but the request has no "
@@ -399,7 +458,7 @@ void AppendJsonString(std::string_view s, std::string* out) {
 }
 
 absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> header_length,
-                                DecodedInferRequest* out) {
+                                DecodedInferRequest* out, const SharedMemoryRegistry* shm) {
   std::string_view header = body;
   std::string_view binary;
   if (header_length.has_value()) {
@@ -434,7 +493,7 @@ absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> hea
   size_t binary_used = 0;
   for (size_t i = 0; i < inputs->size(); ++i) {
     RETURN_IF_ERROR(DecodeInput((*inputs)[i], i, binary, &binary_used, header_length.has_value(),
-                                out));
+                                shm, out));
   }
   if (binary_used != binary.size()) {
     return Invalid(StrCat("the binary section has ", binary.size(), " bytes but the inputs' ",
@@ -453,6 +512,14 @@ absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> hea
       }
       RequestedOutput requested{name->get<std::string>(), out->binary_default};
       RETURN_IF_ERROR(BoolParameter(output, "binary_data", where, &requested.binary));
+      std::optional<ShmReference> shm_ref;
+      RETURN_IF_ERROR(ShmParameters(output, where, shm, &shm_ref));
+      if (shm_ref.has_value()) {
+        requested.binary = false;
+        requested.shm = std::move(shm_ref->region);
+        requested.shm_offset = shm_ref->offset;
+        requested.shm_size = shm_ref->size;
+      }
       if (auto params = output.find("parameters");
           params != output.end() && params->contains("classification")) {
         return Invalid(StrCat(where, ": the 'classification' parameter is not supported"));
@@ -464,9 +531,10 @@ absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> hea
   return absl::OkStatus();
 }
 
-void EncodeInferResponse(const DecodedInferRequest& request, std::string_view model_name,
-                         std::string_view model_version, const std::vector<OutputTensor>& outputs,
-                         EncodedInferResponse* out) {
+absl::Status EncodeInferResponse(const DecodedInferRequest& request, std::string_view model_name,
+                                 std::string_view model_version,
+                                 const std::vector<OutputTensor>& outputs,
+                                 EncodedInferResponse* out) {
   std::string& body = out->body;
   body.clear();
   body.append("{");
@@ -497,7 +565,22 @@ void EncodeInferResponse(const DecodedInferRequest& request, std::string_view mo
       AppendNumber(tensor.shape[d], &body);
     }
     body.append("]");
-    if (binary[i]) {
+    const RequestedOutput* requested = i < request.outputs.size() ? &request.outputs[i] : nullptr;
+    if (requested != nullptr && requested->shm) {
+      if (tensor.data.size() > requested->shm_size) {
+        return Invalid(StrCat("output '", tensor.name, "' has ", tensor.data.size(),
+                              " bytes but its shared_memory_byte_size is ",
+                              requested->shm_size));
+      }
+      auto slice = requested->shm->Slice(requested->shm_offset, tensor.data.size());
+      if (!slice.ok()) return slice.status();
+      std::memcpy(slice->data(), tensor.data.data(), tensor.data.size());
+      body.append(",\"parameters\":{\"shared_memory_region\":");
+      AppendJsonString(requested->shm->name(), &body);
+      body.append(",\"shared_memory_byte_size\":");
+      AppendNumber(tensor.data.size(), &body);
+      body.append("}}");
+    } else if (binary[i]) {
       body.append(",\"parameters\":{\"binary_data_size\":");
       AppendNumber(tensor.data.size(), &body);
       body.append("}}");
@@ -511,7 +594,7 @@ void EncodeInferResponse(const DecodedInferRequest& request, std::string_view mo
   body.append("]}");
   if (binary_bytes == 0 && std::find(binary.begin(), binary.end(), true) == binary.end()) {
     out->header_length.reset();
-    return;
+    return absl::OkStatus();
   }
   out->header_length = body.size();
   body.reserve(body.size() + binary_bytes);
@@ -519,6 +602,7 @@ void EncodeInferResponse(const DecodedInferRequest& request, std::string_view mo
     if (!binary[i]) continue;
     body.append(reinterpret_cast<const char*>(outputs[i].data.data()), outputs[i].data.size());
   }
+  return absl::OkStatus();
 }
 
 }  // namespace outpost::serve

@@ -17,6 +17,7 @@
 
 #include "common/status.h"
 #include "serve/scheduler.h"
+#include "serve/shared_memory.h"
 #include "serve/tensor.h"
 
 namespace outpost::serve {
@@ -24,6 +25,10 @@ namespace outpost::serve {
 struct RequestedOutput {
   std::string name;
   bool binary = false;
+  // Set when the client asked for the output in a shared memory region.
+  std::shared_ptr<const SharedMemoryRegion> shm;
+  size_t shm_offset = 0;
+  size_t shm_size = 0;
 };
 
 struct DecodedInferRequest {
@@ -34,13 +39,19 @@ struct DecodedInferRequest {
   std::vector<RequestedOutput> outputs;
   bool binary_default = false;
   std::vector<std::unique_ptr<std::byte[]>> buffers;
+  // Shared memory regions inputs point into, kept mapped for the request.
+  std::vector<std::shared_ptr<const SharedMemoryRegion>> regions;
 };
 
 // `body` is the whole HTTP body; `header_length` the value of the
 // Inference-Header-Content-Length header when present (the JSON header is
 // then body[0, header_length) and the binary tensors follow).
+// Inputs and outputs may name shared memory regions ("shared_memory_region",
+// "shared_memory_byte_size", "shared_memory_offset" parameters) registered in
+// `shm`; with `shm` null such requests are refused.
 absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> header_length,
-                                DecodedInferRequest* out);
+                                DecodedInferRequest* out,
+                                const SharedMemoryRegistry* shm = nullptr);
 
 struct EncodedInferResponse {
   std::string body;
@@ -50,8 +61,10 @@ struct EncodedInferResponse {
 };
 
 // Encodes outputs (as returned by the scheduler for `request`) into a KServe
-// v2 response body. Non-finite floats are written as JSON null.
-void EncodeInferResponse(const DecodedInferRequest& request, std::string_view model_name,
+// v2 response body, copying outputs requested in shared memory into their
+// regions. Non-finite floats are written as JSON null. InvalidArgument when an
+// output does not fit the shared memory slice the client gave for it.
+absl::Status EncodeInferResponse(const DecodedInferRequest& request, std::string_view model_name,
                          std::string_view model_version, const std::vector<OutputTensor>& outputs,
                          EncodedInferResponse* out);
 

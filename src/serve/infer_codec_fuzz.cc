@@ -23,6 +23,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     outputs.push_back({input.name, input.datatype, input.shape, input.data, nullptr});
   }
   outpost::serve::EncodedInferResponse encoded;
-  outpost::serve::EncodeInferResponse(decoded, "fuzz", "1", outputs, &encoded);
+  (void)outpost::serve::EncodeInferResponse(decoded, "fuzz", "1", outputs, &encoded);
   return 0;
 }

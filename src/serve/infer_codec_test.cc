@@ -147,7 +147,7 @@ TEST(InferCodecTest, EncodesJsonAndBinaryOutputs) {
       {"b", DataType::kInt64, {2}, std::as_bytes(std::span(*b)), b},
   };
   EncodedInferResponse encoded;
-  EncodeInferResponse(req, "m", "3", outputs, &encoded);
+  ASSERT_TRUE(EncodeInferResponse(req, "m", "3", outputs, &encoded).ok());
   ASSERT_TRUE(encoded.header_length.has_value());
   json header = json::parse(encoded.body.substr(0, *encoded.header_length));
   EXPECT_EQ(header["id"], "r\"1");
@@ -163,7 +163,7 @@ TEST(InferCodecTest, EncodesJsonAndBinaryOutputs) {
   EXPECT_EQ(values[1], -8);
 
   DecodedInferRequest plain;
-  EncodeInferResponse(plain, "m", "3", {outputs[1]}, &encoded);
+  ASSERT_TRUE(EncodeInferResponse(plain, "m", "3", {outputs[1]}, &encoded).ok());
   EXPECT_FALSE(encoded.header_length.has_value());
   EXPECT_EQ(json::parse(encoded.body)["outputs"][0]["data"], json::parse("[7,-8]"));
 }
@@ -179,7 +179,7 @@ TEST(InferCodecTest, Fp16RoundTripsThroughJson) {
   std::vector<OutputTensor> outputs = {{"h", DataType::kFp16, {4}, std::as_bytes(std::span(*owner)), owner}};
   EncodedInferResponse encoded;
   DecodedInferRequest plain;
-  EncodeInferResponse(plain, "m", "1", outputs, &encoded);
+  ASSERT_TRUE(EncodeInferResponse(plain, "m", "1", outputs, &encoded).ok());
   json data = json::parse(encoded.body)["outputs"][0]["data"];
   EXPECT_FLOAT_EQ(data[0].get<float>(), 1.5f);
   EXPECT_FLOAT_EQ(data[1].get<float>(), -2.f);

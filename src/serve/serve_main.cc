@@ -140,10 +140,14 @@ int Run(int argc, char** argv) {
   std::atomic<bool> started{false};
   std::atomic<bool> stopping{false};
   serve::ModelRepository& repo = **repository;
-  serve::HttpApi api(repo, metrics, [&] {
-    if (stopping.load() || !started.load()) return false;
-    return !strict_readiness || repo.AllReady();
-  });
+  serve::SharedMemoryRegistry shared_memory;
+  serve::HttpApi api(
+      repo, metrics,
+      [&] {
+        if (stopping.load() || !started.load()) return false;
+        return !strict_readiness || repo.AllReady();
+      },
+      http::IsLoopbackAddress(http_address) ? &shared_memory : nullptr);
 
   http::ServerOptions server_options;
   server_options.address = http_address;
