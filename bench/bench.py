@@ -293,13 +293,17 @@ def paired_targets(tools, model, model_path, server, rows):
         return max(cand, key=lambda r: r["throughput_rps"])["concurrency"]
 
     out = {"pairs": PAIRS, "slice_s": PAIR_SLICE_S}
-    for name, raw_c, http_c in (("c1", 1, 1), ("saturation", best_c("raw"), best_c("http binary"))):
+    for name, raw_c, http_c, mode in (
+            ("c1", 1, 1, "binary"),
+            ("saturation", best_c("raw"), best_c("http binary"), "binary"),
+            ("c1_shm", 1, 1, "shm"),
+            ("saturation_shm", best_c("raw"), best_c("http shm"), "shm")):
         pairs = []
         for _ in range(PAIRS):
             raw = run_tool([tools["raw_ort"], "--model", model_path, "--concurrency", str(raw_c),
                             "--warmup", "0.5", "--duration", str(PAIR_SLICE_S)], 120, quiet=False)
             http = run_tool([tools["loadgen"], "--port", str(server.port), "--model", model,
-                             "--mode", "binary", "--concurrency", str(http_c), "--warmup", "0.5",
+                             "--mode", mode, "--concurrency", str(http_c), "--warmup", "0.5",
                              "--duration", str(PAIR_SLICE_S)], 120, quiet=False)
             pairs.append({"raw": raw, "http": http})
         out[name] = {"raw_c": raw_c, "http_c": http_c, "pairs": pairs}
@@ -328,7 +332,7 @@ def run_model(args, model, tools, seconds, warmup, concurrencies, results):
 
     workdir = os.path.join(args.work, "logs")
     os.makedirs(workdir, exist_ok=True)
-    variants = [("http", "", ("binary", "json"))]
+    variants = [("http", "", ("binary", "shm", "json"))]
     if model == TARGET_MODEL and os.environ.get("BENCH_EXTRA", "1") != "0":
         n = os.cpu_count() or 2
         variants.append((f"http instance_count={n}", f"instance_count: {n}\n", ("binary",)))
@@ -448,6 +452,24 @@ def write_report(path, results, command):
             out.append(f"| {TARGET_MODEL}, saturation, binary: serve throughput >= 97% of raw "
                        f"(each at its fastest concurrency in the table: raw c={sat['raw_c']}, "
                        f"HTTP c={sat['http_c']}; {n} alternating pairs) | serve "
+                       f"{statistics.median(p['http']['throughput_rps'] for p in sat['pairs']):.1f} req/s, raw "
+                       f"{statistics.median(p['raw']['throughput_rps'] for p in sat['pairs']):.1f} req/s; "
+                       f"median ratio {r * 100:.1f}% (pairs: {', '.join(f'{x * 100:.0f}%' for x in ratios)}) | "
+                       f"{'PASS' if r >= 0.97 else 'FAIL'} |")
+        if paired and "c1_shm" in paired:
+            c1 = paired["c1_shm"]["pairs"]
+            diffs = [p["http"]["p50_ms"] - p["raw"]["p50_ms"] for p in c1]
+            d = statistics.median(diffs)
+            out.append(f"| {TARGET_MODEL}, concurrency 1, shared memory input (system shared memory "
+                       f"extension; {n} pairs) | serve {statistics.median(p['http']['p50_ms'] for p in c1):.3f} ms, "
+                       f"raw {statistics.median(p['raw']['p50_ms'] for p in c1):.3f} ms; difference "
+                       f"{d:+.3f} ms (pairs: {', '.join(f'{x:+.3f}' for x in diffs)}) | "
+                       f"{'PASS' if d <= 0.1 else 'FAIL'} |")
+            sat = paired["saturation_shm"]
+            ratios = [p["http"]["throughput_rps"] / p["raw"]["throughput_rps"] for p in sat["pairs"]]
+            r = statistics.median(ratios)
+            out.append(f"| {TARGET_MODEL}, saturation, shared memory input (raw c={sat['raw_c']}, "
+                       f"HTTP c={sat['http_c']}; {n} pairs) | serve "
                        f"{statistics.median(p['http']['throughput_rps'] for p in sat['pairs']):.1f} req/s, raw "
                        f"{statistics.median(p['raw']['throughput_rps'] for p in sat['pairs']):.1f} req/s; "
                        f"median ratio {r * 100:.1f}% (pairs: {', '.join(f'{x * 100:.0f}%' for x in ratios)}) | "
