@@ -19,9 +19,9 @@
 // Exit code 0 on success, 1 when the server is unreachable or the first
 // request fails (its response is printed), 2 for bad flags.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -427,9 +427,8 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
-  const std::string request =
-      BuildRequest(host, static_cast<int>(*port), base + "/infer", info, mode != "json", data,
-                   mode == "shm" ? shm.region() : "");
+  const std::string request = BuildRequest(host, static_cast<int>(*port), base + "/infer", info,
+                                           mode != "json", data, mode == "shm" ? shm.region() : "");
 
   // One request up front: a server that answers errors quickly must not be
   // mistaken for a fast server.

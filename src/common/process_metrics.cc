@@ -57,8 +57,9 @@ class ProcessCollector : public prometheus::Collectable {
                static_cast<double>(s.virtual_bytes)),
         Family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
                MetricType::Counter, s.cpu_seconds),
-        Family("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
-               MetricType::Gauge, s.start_time_seconds),
+        Family("process_start_time_seconds",
+               "Start time of the process since unix epoch in seconds.", MetricType::Gauge,
+               s.start_time_seconds),
         Family("process_threads", "Number of OS threads in the process.", MetricType::Gauge,
                static_cast<double>(s.threads)),
         Family("process_open_fds", "Number of open file descriptors.", MetricType::Gauge,
@@ -88,7 +89,9 @@ ProcessStats ReadProcessStats() {
       // vsize(23) rss(24)
       std::vector<std::string> f;
       while (rest >> field) f.push_back(field);
-      auto at = [&](size_t n) -> double { return n - 3 < f.size() ? std::atof(f[n - 3].c_str()) : 0; };
+      auto at = [&](size_t n) -> double {
+        return n - 3 < f.size() ? std::atof(f[n - 3].c_str()) : 0;
+      };
       stats.cpu_seconds = (at(14) + at(15)) / static_cast<double>(kTicks);
       stats.threads = static_cast<int64_t>(at(20));
       stats.start_time_seconds = kBoot + at(22) / static_cast<double>(kTicks);

@@ -17,9 +17,7 @@ RollingQuantiles::RollingQuantiles(std::chrono::seconds window, Clock clock)
     : slot_length_(std::chrono::duration_cast<std::chrono::nanoseconds>(window) / (kSlots - 1)),
       clock_(std::move(clock)) {}
 
-int64_t RollingQuantiles::EpochNow() const {
-  return clock_().time_since_epoch() / slot_length_;
-}
+int64_t RollingQuantiles::EpochNow() const { return clock_().time_since_epoch() / slot_length_; }
 
 int RollingQuantiles::BucketOf(double seconds) {
   if (!(seconds > kMinValue)) return 0;  // also NaN

@@ -27,8 +27,9 @@ class RollingQuantiles {
   using Clock = std::function<std::chrono::steady_clock::time_point()>;
 
   // `window` is divided into `kSlots - 1` whole slots plus the current one.
-  explicit RollingQuantiles(std::chrono::seconds window = std::chrono::minutes(5),
-                            Clock clock = [] { return std::chrono::steady_clock::now(); });
+  explicit RollingQuantiles(
+      std::chrono::seconds window = std::chrono::minutes(5),
+      Clock clock = [] { return std::chrono::steady_clock::now(); });
 
   RollingQuantiles(const RollingQuantiles&) = delete;
   RollingQuantiles& operator=(const RollingQuantiles&) = delete;

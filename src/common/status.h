@@ -3,15 +3,15 @@
 // API, nlohmann-json, yaml-cpp) are caught at the call site and converted.
 #pragma once
 
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
-
 #include <charconv>
 #include <concepts>
 #include <string>
 #include <string_view>
 #include <type_traits>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 #define OUTPOST_CONCAT_INNER_(a, b) a##b
 #define OUTPOST_CONCAT_(a, b) OUTPOST_CONCAT_INNER_(a, b)
@@ -47,20 +47,19 @@ inline void Append(std::string* out, absl::string_view s) { out->append(s.data()
 inline void Append(std::string* out, char c) { out->push_back(c); }
 inline void Append(std::string* out, bool b) { out->append(b ? "true" : "false"); }
 template <typename T>
-  requires(std::is_arithmetic_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, char>)
-void Append(std::string* out, T value) {
+requires(std::is_arithmetic_v<T> && !std::is_same_v<T, bool> &&
+         !std::is_same_v<T, char>) void Append(std::string* out, T value) {
   char buf[64];
   auto result = std::to_chars(buf, buf + sizeof(buf), value);
   out->append(buf, result.ptr);
 }
 // Any other string-like type (boost::beast::string_view, ...).
 template <typename T>
-  requires(!std::is_arithmetic_v<T> && !std::is_convertible_v<T, std::string_view> &&
-           requires(const T& t) {
-             { t.data() } -> std::convertible_to<const char*>;
-             { t.size() } -> std::convertible_to<size_t>;
-           })
-void Append(std::string* out, const T& s) {
+requires(!std::is_arithmetic_v<T> && !std::is_convertible_v<T, std::string_view> &&
+         requires(const T& t) {
+           { t.data() } -> std::convertible_to<const char*>;
+           { t.size() } -> std::convertible_to<size_t>;
+         }) void Append(std::string* out, const T& s) {
   out->append(s.data(), s.size());
 }
 }  // namespace strings_internal

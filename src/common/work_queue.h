@@ -45,11 +45,11 @@ class WorkQueue {
   const std::string name_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Task> tasks_;                     // guarded by mu_
-  absl::AnyInvocable<void()> periodic_;        // guarded by mu_
-  std::chrono::milliseconds interval_{0};      // guarded by mu_
-  std::chrono::steady_clock::time_point next_; // guarded by mu_
-  bool stopping_ = false;                      // guarded by mu_
+  std::deque<Task> tasks_;                      // guarded by mu_
+  absl::AnyInvocable<void()> periodic_;         // guarded by mu_
+  std::chrono::milliseconds interval_{0};       // guarded by mu_
+  std::chrono::steady_clock::time_point next_;  // guarded by mu_
+  bool stopping_ = false;                       // guarded by mu_
   std::thread thread_;
 };
 

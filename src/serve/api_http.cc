@@ -114,8 +114,8 @@ void HttpApi::Handle(http::Request&& request, http::Responder responder) {
   }
 
   std::vector<std::string> parts;
-  if (path.size() < 3 || path.substr(0, 3) != "/v2" || !SplitPath(path, &parts) ||
-      parts.empty() || parts[0] != "v2") {
+  if (path.size() < 3 || path.substr(0, 3) != "/v2" || !SplitPath(path, &parts) || parts.empty() ||
+      parts[0] != "v2") {
     return responder.Send(http::ErrorResponse(
         request, http::Status::not_found,
         StrCat("no route ", path, "; the API is under /v2 (see docs/serve.md)")));
@@ -125,7 +125,8 @@ void HttpApi::Handle(http::Request&& request, http::Responder responder) {
     if (method != bhttp::verb::get) return method_not_allowed("GET");
     json extensions = {"binary_tensor_data", "model_repository", "metrics"};
     if (shm_ != nullptr) extensions.push_back("system_shared_memory");
-    json body = {{"name", "outpost-serve"}, {"version", OUTPOST_VERSION}, {"extensions", extensions}};
+    json body = {
+        {"name", "outpost-serve"}, {"version", OUTPOST_VERSION}, {"extensions", extensions}};
     return responder.Send(http::JsonResponse(request, http::Status::ok, body.dump()));
   }
 
@@ -155,9 +156,9 @@ void HttpApi::Handle(http::Request&& request, http::Responder responder) {
     size_t next = 3;
     if (parts.size() >= 5 && parts[3] == "versions") {
       if (!ParseVersionSegment(parts[4], &version)) {
-        return responder.Send(http::ErrorResponse(
-            request, http::Status::bad_request,
-            StrCat("version '", parts[4], "' is not a positive integer")));
+        return responder.Send(
+            http::ErrorResponse(request, http::Status::bad_request,
+                                StrCat("version '", parts[4], "' is not a positive integer")));
       }
       next = 5;
     }
@@ -196,7 +197,8 @@ void HttpApi::HandleModelMetadata(const http::Request& request, http::Responder 
   }
   json fallbacks = json::array();
   for (const ProviderFallback& f : mv.engine().fallbacks()) {
-    fallbacks.push_back({{"provider", std::string(ProviderName(f.provider))}, {"reason", f.reason}});
+    fallbacks.push_back(
+        {{"provider", std::string(ProviderName(f.provider))}, {"reason", f.reason}});
   }
   json body = {{"name", mv.name()},
                {"versions", versions},
@@ -217,7 +219,9 @@ void HttpApi::HandleInfer(http::Request&& request, http::Responder responder, st
   ctx->responder = std::move(responder);
 
   std::optional<size_t> header_length;
-  if (auto field = ctx->request.find(boost::beast::string_view(kHeaderLengthField.data(), kHeaderLengthField.size())); field != ctx->request.end()) {
+  if (auto field = ctx->request.find(
+          boost::beast::string_view(kHeaderLengthField.data(), kHeaderLengthField.size()));
+      field != ctx->request.end()) {
     size_t value = 0;
     std::string_view text(field->value().data(), field->value().size());
     auto result = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -264,8 +268,9 @@ void HttpApi::HandleInfer(http::Request&& request, http::Responder responder, st
         response.keep_alive(ctx->request.keep_alive());
         if (encoded.header_length.has_value()) {
           response.set(bhttp::field::content_type, "application/octet-stream");
-          response.set(boost::beast::string_view(kHeaderLengthField.data(), kHeaderLengthField.size()),
-                     std::to_string(*encoded.header_length));
+          response.set(
+              boost::beast::string_view(kHeaderLengthField.data(), kHeaderLengthField.size()),
+              std::to_string(*encoded.header_length));
         } else {
           response.set(bhttp::field::content_type, "application/json");
         }
@@ -305,8 +310,8 @@ void HttpApi::HandleSharedMemory(const http::Request& request, http::Responder r
     action = parts[4];
   }
   auto status_json = [](const SharedMemoryRegion& r) {
-    return json{{"name", r.name()}, {"key", r.key()}, {"offset", r.offset()},
-                {"byte_size", r.byte_size()}};
+    return json{
+        {"name", r.name()}, {"key", r.key()}, {"offset", r.offset()}, {"byte_size", r.byte_size()}};
   };
   if (action == "status") {
     if (request.method() != bhttp::verb::get) {
@@ -372,10 +377,10 @@ void HttpApi::HandleRepository(http::Request&& request, http::Responder responde
   bool load = rest.ends_with("/load");
   bool unload = rest.ends_with("/unload");
   if (!rest.starts_with(kModels) || (!load && !unload)) {
-    return responder.Send(http::ErrorResponse(
-        request, http::Status::not_found,
-        StrCat("no repository route '", rest,
-                     "'; use index, models/{name}/load or models/{name}/unload")));
+    return responder.Send(
+        http::ErrorResponse(request, http::Status::not_found,
+                            StrCat("no repository route '", rest,
+                                   "'; use index, models/{name}/load or models/{name}/unload")));
   }
   std::string model(rest.substr(kModels.size(), rest.size() - kModels.size() -
                                                     (load ? std::string_view("/load").size()
@@ -394,7 +399,8 @@ void HttpApi::HandleRepository(http::Request&& request, http::Responder responde
   });
   if (!queued) {
     auto& [req, res] = *shared;
-    res.Send(http::ErrorResponse(req, http::Status::service_unavailable, "server is shutting down"));
+    res.Send(
+        http::ErrorResponse(req, http::Status::service_unavailable, "server is shutting down"));
   }
 }
 

@@ -34,8 +34,7 @@ class HttpApi {
                    int64_t version);
   void HandleModelMetadata(const http::Request& request, http::Responder responder,
                            const std::string& model, int64_t version);
-  void HandleRepository(http::Request&& request, http::Responder responder,
-                        std::string_view rest);
+  void HandleRepository(http::Request&& request, http::Responder responder, std::string_view rest);
   void HandleSharedMemory(const http::Request& request, http::Responder responder,
                           const std::vector<std::string>& parts);
 

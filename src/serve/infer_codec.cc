@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -71,7 +71,8 @@ float HalfToFloat(uint16_t h) {
 template <typename T, bool kHalf>
 class DataWriter {
  public:
-  DataWriter(T* dst, int64_t count, std::string_view input) : dst_(dst), count_(count), input_(input) {}
+  DataWriter(T* dst, int64_t count, std::string_view input)
+      : dst_(dst), count_(count), input_(input) {}
 
   absl::Status Walk(const json& value, size_t depth, size_t max_depth) {
     if (value.is_array()) {
@@ -92,11 +93,11 @@ class DataWriter {
  private:
   absl::Status TooMany() const {
     return Invalid(StrCat("input '", input_, "': 'data' has more than the ", count_,
-                                " elements its shape holds"));
+                          " elements its shape holds"));
   }
   absl::Status TypeError(const json& value, std::string_view expected) const {
-    return Invalid(StrCat("input '", input_, "': element ", written_, " is ",
-                                value.type_name(), ", expected ", expected));
+    return Invalid(StrCat("input '", input_, "': element ", written_, " is ", value.type_name(),
+                          ", expected ", expected));
   }
 
   absl::Status Convert(const json& value, T* out) const {
@@ -133,7 +134,7 @@ class DataWriter {
 
   absl::Status Range(const json& value) const {
     return Invalid(StrCat("input '", input_, "': element ", written_, " (", value.dump(),
-                                ") is out of range for the datatype"));
+                          ") is out of range for the datatype"));
   }
 
  private:
@@ -151,7 +152,7 @@ absl::Status DecodeJsonData(const json& data, int64_t count, size_t rank, std::s
   RETURN_IF_ERROR(writer.Walk(data, 0, std::max<size_t>(rank, 1)));
   if (writer.written() != count) {
     return Invalid(StrCat("input '", name, "': 'data' has ", writer.written(),
-                                " elements but shape ", "holds ", count));
+                          " elements but shape ", "holds ", count));
   }
   return absl::OkStatus();
 }
@@ -185,7 +186,7 @@ absl::Status DecodeJsonTensor(const json& data, DataType type, int64_t count, si
       return DecodeJsonData<double>(data, count, rank, name, dst);
     default:
       return Invalid(StrCat("input '", name, "': datatype ", DataTypeName(type),
-                                  " cannot be sent as JSON data here"));
+                            " cannot be sent as JSON data here"));
   }
 }
 
@@ -227,8 +228,9 @@ absl::Status ShmParameters(const json& object, std::string_view where,
   }
   auto size = params->find("shared_memory_byte_size");
   if (size == params->end() || !size->is_number_unsigned()) {
-    return Invalid(StrCat(where, ": 'shared_memory_byte_size' (a non-negative integer) is "
-                                 "required with 'shared_memory_region'"));
+    return Invalid(StrCat(where,
+                          ": 'shared_memory_byte_size' (a non-negative integer) is "
+                          "required with 'shared_memory_region'"));
   }
   ShmReference out;
   out.size = size->get<size_t>();
@@ -247,9 +249,9 @@ absl::Status ShmParameters(const json& object, std::string_view where,
   return absl::OkStatus();
 }
 
-absl::Status DecodeInput(const json& input, size_t index, std::string_view binary, size_t* binary_used,
-                         bool has_binary_section, const SharedMemoryRegistry* shm,
-                         DecodedInferRequest* out) {
+absl::Status DecodeInput(const json& input, size_t index, std::string_view binary,
+                         size_t* binary_used, bool has_binary_section,
+                         const SharedMemoryRegistry* shm, DecodedInferRequest* out) {
   std::string where = StrCat("inputs[", index, "]");
   if (!input.is_object()) return Invalid(StrCat(where, " must be an object"));
   auto name = input.find("name");
@@ -267,7 +269,7 @@ absl::Status DecodeInput(const json& input, size_t index, std::string_view binar
   tensor.datatype = DataTypeFromName(datatype->get<std::string>());
   if (tensor.datatype == DataType::kInvalid) {
     return Invalid(StrCat(where, ": unknown datatype '", datatype->get<std::string>(),
-                                "'; use BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32 or FP64"));
+                          "'; use BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32 or FP64"));
   }
   if (tensor.datatype == DataType::kBytes) {
     return Invalid(StrCat(where, ": BYTES tensors are not supported by ONNX models here"));
@@ -281,8 +283,7 @@ absl::Status DecodeInput(const json& input, size_t index, std::string_view binar
   tensor.shape.reserve(shape->size());
   for (const json& dim : *shape) {
     if (!dim.is_number_integer() || dim.get<int64_t>() < 0) {
-      return Invalid(StrCat(where, ": shape must hold non-negative integers, got ",
-                                  shape->dump()));
+      return Invalid(StrCat(where, ": shape must hold non-negative integers, got ", shape->dump()));
     }
     tensor.shape.push_back(dim.get<int64_t>());
   }
@@ -308,8 +309,9 @@ absl::Status DecodeInput(const json& input, size_t index, std::string_view binar
   RETURN_IF_ERROR(ShmParameters(input, where, shm, &shm_ref));
   if (shm_ref.has_value()) {
     if (data != input.end() || binary_size >= 0) {
-      return Invalid(StrCat(where, ": give one of 'data', 'binary_data_size' or "
-                                   "'shared_memory_region'"));
+      return Invalid(StrCat(where,
+                            ": give one of 'data', 'binary_data_size' or "
+                            "'shared_memory_region'"));
     }
     if (shm_ref->size != bytes) {
       return Invalid(StrCat(where, ": shared_memory_byte_size ", shm_ref->size,
@@ -322,28 +324,29 @@ absl::Status DecodeInput(const json& input, size_t index, std::string_view binar
   } else if (binary_size >= 0) {
     if (!has_binary_section) {
       return Invalid(StrCat(where,
-                                  ": has 'binary_data_size' but the request has no "
-                                  "Inference-Header-Content-Length header"));
+                            ": has 'binary_data_size' but the request has no "
+                            "Inference-Header-Content-Length header"));
     }
     if (data != input.end()) {
       return Invalid(StrCat(where, ": give either 'data' or 'binary_data_size', not both"));
     }
     if (static_cast<uint64_t>(binary_size) > binary.size() - *binary_used) {
       return Invalid(StrCat(where, ": binary_data_size ", binary_size, " exceeds the ",
-                                  binary.size() - *binary_used,
-                                  " bytes left in the binary section (truncated body?)"));
+                            binary.size() - *binary_used,
+                            " bytes left in the binary section (truncated body?)"));
     }
     if (static_cast<uint64_t>(binary_size) != bytes) {
       return Invalid(StrCat(where, ": binary_data_size ", binary_size, " does not match shape ",
-                                  ShapeString(tensor.shape), " of ", DataTypeName(tensor.datatype),
-                                  " (", bytes, " bytes)"));
+                            ShapeString(tensor.shape), " of ", DataTypeName(tensor.datatype), " (",
+                            bytes, " bytes)"));
     }
     tensor.data = std::as_bytes(std::span(binary.data() + *binary_used, bytes));
     *binary_used += bytes;
   } else {
     if (data == input.end()) {
-      return Invalid(StrCat(where, ": 'data' is required (or binary_data_size with the "
-                                         "binary tensor extension)"));
+      return Invalid(StrCat(where,
+                            ": 'data' is required (or binary_data_size with the "
+                            "binary tensor extension)"));
     }
     auto buffer = std::make_unique<std::byte[]>(bytes == 0 ? 1 : bytes);
     RETURN_IF_ERROR(DecodeJsonTensor(*data, tensor.datatype, count, tensor.shape.size(),
@@ -464,7 +467,7 @@ absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> hea
   if (header_length.has_value()) {
     if (*header_length > body.size()) {
       return Invalid(StrCat("Inference-Header-Content-Length is ", *header_length,
-                                  " but the body has only ", body.size(), " bytes"));
+                            " but the body has only ", body.size(), " bytes"));
     }
     header = body.substr(0, *header_length);
     binary = body.substr(*header_length);
@@ -492,12 +495,12 @@ absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> hea
   out->request.inputs.reserve(inputs->size());
   size_t binary_used = 0;
   for (size_t i = 0; i < inputs->size(); ++i) {
-    RETURN_IF_ERROR(DecodeInput((*inputs)[i], i, binary, &binary_used, header_length.has_value(),
-                                shm, out));
+    RETURN_IF_ERROR(
+        DecodeInput((*inputs)[i], i, binary, &binary_used, header_length.has_value(), shm, out));
   }
   if (binary_used != binary.size()) {
     return Invalid(StrCat("the binary section has ", binary.size(), " bytes but the inputs' ",
-                                "binary_data_size values add up to ", binary_used));
+                          "binary_data_size values add up to ", binary_used));
   }
 
   if (auto outputs = root.find("outputs"); outputs != root.end()) {
@@ -569,8 +572,7 @@ absl::Status EncodeInferResponse(const DecodedInferRequest& request, std::string
     if (requested != nullptr && requested->shm) {
       if (tensor.data.size() > requested->shm_size) {
         return Invalid(StrCat("output '", tensor.name, "' has ", tensor.data.size(),
-                              " bytes but its shared_memory_byte_size is ",
-                              requested->shm_size));
+                              " bytes but its shared_memory_byte_size is ", requested->shm_size));
       }
       auto slice = requested->shm->Slice(requested->shm_offset, tensor.data.size());
       if (!slice.ok()) return slice.status();

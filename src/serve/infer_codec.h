@@ -65,8 +65,9 @@ struct EncodedInferResponse {
 // regions. Non-finite floats are written as JSON null. InvalidArgument when an
 // output does not fit the shared memory slice the client gave for it.
 absl::Status EncodeInferResponse(const DecodedInferRequest& request, std::string_view model_name,
-                         std::string_view model_version, const std::vector<OutputTensor>& outputs,
-                         EncodedInferResponse* out);
+                                 std::string_view model_version,
+                                 const std::vector<OutputTensor>& outputs,
+                                 EncodedInferResponse* out);
 
 // Writes `s` as a JSON string literal (with quotes) to `out`.
 void AppendJsonString(std::string_view s, std::string* out);

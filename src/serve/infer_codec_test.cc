@@ -129,7 +129,8 @@ TEST(InferCodecTest, RejectsBinarySectionMismatches) {
   status = Decode(header, &too_long, header.size() + 1);
   EXPECT_NE(Message(status).find("Inference-Header-Content-Length is"), std::string::npos);
 
-  std::string wrong = R"({"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{"binary_data_size":4}}]})";
+  std::string wrong =
+      R"({"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{"binary_data_size":4}}]})";
   DecodedInferRequest mismatch;
   status = Decode(wrong + std::string(4, '\0'), &mismatch, wrong.size());
   EXPECT_NE(Message(status).find("does not match shape [1,2]"), std::string::npos)
@@ -171,12 +172,14 @@ TEST(InferCodecTest, EncodesJsonAndBinaryOutputs) {
 TEST(InferCodecTest, Fp16RoundTripsThroughJson) {
   DecodedInferRequest req;
   ASSERT_TRUE(
-      Decode(R"({"inputs":[{"name":"h","shape":[4],"datatype":"FP16","data":[1.5,-2,0.0001,65504]}]})",
-             &req)
+      Decode(
+          R"({"inputs":[{"name":"h","shape":[4],"datatype":"FP16","data":[1.5,-2,0.0001,65504]}]})",
+          &req)
           .ok());
   auto owner = std::make_shared<std::string>(
       reinterpret_cast<const char*>(req.request.inputs[0].data.data()), 8);
-  std::vector<OutputTensor> outputs = {{"h", DataType::kFp16, {4}, std::as_bytes(std::span(*owner)), owner}};
+  std::vector<OutputTensor> outputs = {
+      {"h", DataType::kFp16, {4}, std::as_bytes(std::span(*owner)), owner}};
   EncodedInferResponse encoded;
   DecodedInferRequest plain;
   ASSERT_TRUE(EncodeInferResponse(plain, "m", "1", outputs, &encoded).ok());

@@ -30,8 +30,10 @@ ModelMetrics::ModelMetrics(ServeMetrics& owner, const std::string& model,
     : owner_(owner),
       model_(model),
       version_(version),
-      success_(owner.requests_.Add({{"model", model}, {"version", version}, {"status", "success"}})),
-      failure_(owner.requests_.Add({{"model", model}, {"version", version}, {"status", "failure"}})),
+      success_(
+          owner.requests_.Add({{"model", model}, {"version", version}, {"status", "success"}})),
+      failure_(
+          owner.requests_.Add({{"model", model}, {"version", version}, {"status", "failure"}})),
       rejections_(owner.rejections_.Add({{"model", model}, {"version", version}})),
       total_(owner.total_.Add({{"model", model}, {"version", version}}, LatencyBuckets())),
       queue_(owner.queue_.Add({{"model", model}, {"version", version}}, LatencyBuckets())),
@@ -159,18 +161,18 @@ std::shared_ptr<ModelMetrics> ServeMetrics::ForModel(const std::string& model,
   std::lock_guard<std::mutex> lock(models_mu_);
   auto& slot = models_[{model, version}];
   if (auto existing = slot.lock()) return existing;
-  std::shared_ptr<ModelMetrics> created(new ModelMetrics(*this, model, version, provider),
-                                        [this, key = std::make_pair(model, version)](ModelMetrics* m) {
-                                          std::lock_guard<std::mutex> lock(models_mu_);
-                                          auto it = models_.find(key);
-                                          // A reload may already have made a new holder of
-                                          // the same series; then they must stay.
-                                          bool replaced =
-                                              it != models_.end() && !it->second.expired();
-                                          if (!replaced && it != models_.end()) models_.erase(it);
-                                          m->remove_series_ = !replaced;
-                                          delete m;
-                                        });
+  std::shared_ptr<ModelMetrics> created(
+      new ModelMetrics(*this, model, version, provider),
+      [this, key = std::make_pair(model, version)](ModelMetrics* m) {
+        std::lock_guard<std::mutex> lock(models_mu_);
+        auto it = models_.find(key);
+        // A reload may already have made a new holder of
+        // the same series; then they must stay.
+        bool replaced = it != models_.end() && !it->second.expired();
+        if (!replaced && it != models_.end()) models_.erase(it);
+        m->remove_series_ = !replaced;
+        delete m;
+      });
   slot = created;
   return created;
 }

@@ -16,10 +16,10 @@
 
 #include <atomic>
 #include <map>
-#include <utility>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "common/rolling_quantiles.h"
 

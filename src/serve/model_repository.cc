@@ -94,7 +94,8 @@ ModelVersion::~ModelVersion() {
 ModelRepository::ModelRepository(RepositoryOptions options)
     : options_(std::move(options)), worker_(std::make_shared<WorkQueue>("model-repo")) {}
 
-absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Create(RepositoryOptions options) {
+absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Create(
+    RepositoryOptions options) {
   std::error_code ec;
   if (!fs::is_directory(options.root, ec)) {
     return absl::NotFoundError(
@@ -149,7 +150,7 @@ std::string ModelRepository::DiskSignature(const std::string& name) const {
   std::string signature = FileIdentity(dir / kConfigFile);
   for (int64_t version : VersionsOnDisk(dir)) {
     StrAppend(&signature, ";", version, "=",
-                    FileIdentity(dir / std::to_string(version) / kModelFile));
+              FileIdentity(dir / std::to_string(version) / kModelFile));
   }
   return signature;
 }
@@ -212,8 +213,8 @@ absl::Status ModelRepository::Load(const std::string& name) {
   std::error_code ec;
   if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." ||
       !fs::is_directory(dir, ec)) {
-    return absl::NotFoundError(StrCat("no model '", name, "' in the repository ",
-                                            options_.root.string()));
+    return absl::NotFoundError(
+        StrCat("no model '", name, "' in the repository ", options_.root.string()));
   }
   std::map<int64_t, std::shared_ptr<ModelVersion>> current;
   {
@@ -257,8 +258,8 @@ absl::Status ModelRepository::Load(const std::string& name) {
   absl::Status first_error;
   size_t config_hash = std::hash<std::string>{}(*text);
   for (int64_t version : selected) {
-    std::string signature = StrCat(
-        config_hash, "/", FileIdentity(dir / std::to_string(version) / kModelFile));
+    std::string signature =
+        StrCat(config_hash, "/", FileIdentity(dir / std::to_string(version) / kModelFile));
     auto it = current.find(version);
     if (it != current.end() && it->second->signature_ == signature) {
       next[version] = it->second;
@@ -398,16 +399,16 @@ absl::StatusOr<std::shared_ptr<ModelVersion>> ModelRepository::Get(std::string_v
   if (it == entries_.end()) {
     std::string known;
     for (const auto& [n, e] : entries_) StrAppend(&known, known.empty() ? "" : ", ", n);
-    return absl::NotFoundError(StrCat("unknown model '", name, "'; the repository has: ",
-                                            known.empty() ? "no models" : known));
+    return absl::NotFoundError(StrCat(
+        "unknown model '", name, "'; the repository has: ", known.empty() ? "no models" : known));
   }
   const Entry& entry = it->second;
   if (version == 0) {
     if (!entry.versions.empty()) return entry.versions.rbegin()->second;
-    std::string reason = !entry.error.empty()           ? entry.error
-                         : !entry.failed.empty()        ? entry.failed.rbegin()->second
-                         : entry.loading                ? "it is loading"
-                                                        : "it is not loaded";
+    std::string reason = !entry.error.empty()    ? entry.error
+                         : !entry.failed.empty() ? entry.failed.rbegin()->second
+                         : entry.loading         ? "it is loading"
+                                                 : "it is not loaded";
     return absl::UnavailableError(StrCat("model '", name, "' is not available: ", reason));
   }
   if (auto v = entry.versions.find(version); v != entry.versions.end()) return v->second;
@@ -415,8 +416,7 @@ absl::StatusOr<std::shared_ptr<ModelVersion>> ModelRepository::Get(std::string_v
     return absl::UnavailableError(f->second);
   }
   return absl::NotFoundError(StrCat("model '", name, "' has no version ", version,
-                                          " loaded; loaded versions: ",
-                                          JoinVersions(entry.versions)));
+                                    " loaded; loaded versions: ", JoinVersions(entry.versions)));
 }
 
 std::vector<std::shared_ptr<ModelVersion>> ModelRepository::Versions(std::string_view name) const {

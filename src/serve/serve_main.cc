@@ -160,10 +160,10 @@ int Run(int argc, char** argv) {
   server_options.tls_cert_file = tls_cert;
   server_options.tls_key_file = tls_key;
   server_options.allow_insecure = allow_insecure;
-  auto server = http::Server::Create(
-      server_options, [&api](http::Request&& request, http::Responder responder) {
-        api.Handle(std::move(request), std::move(responder));
-      });
+  auto server = http::Server::Create(server_options,
+                                     [&api](http::Request&& request, http::Responder responder) {
+                                       api.Handle(std::move(request), std::move(responder));
+                                     });
   if (!server.ok()) {
     spdlog::error("cannot listen on {}:{}: {}", http_address, http_port,
                   outpost::MessageOf(server.status()));
@@ -194,8 +194,8 @@ int Run(int argc, char** argv) {
   spdlog::info("signal {}: finishing queued requests, then exiting", signal_number);
   stopping.store(true);
   ticker.Stop();
-  repo.UnloadAll();      // queued requests finish and are answered
-  (*server)->Stop();     // then connections close
+  repo.UnloadAll();   // queued requests finish and are answered
+  (*server)->Stop();  // then connections close
   repository->reset();
   spdlog::info("stopped");
   return 0;

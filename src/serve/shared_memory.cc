@@ -16,9 +16,9 @@ SharedMemoryRegion::~SharedMemoryRegion() {
 
 absl::StatusOr<std::span<std::byte>> SharedMemoryRegion::Slice(size_t offset, size_t size) const {
   if (offset > byte_size_ || size > byte_size_ - offset) {
-    return absl::InvalidArgumentError(
-        StrCat("shared memory region '", name_, "' holds ", byte_size_, " bytes; offset ", offset,
-               " + size ", size, " is past its end"));
+    return absl::InvalidArgumentError(StrCat("shared memory region '", name_, "' holds ",
+                                             byte_size_, " bytes; offset ", offset, " + size ",
+                                             size, " is past its end"));
   }
   return std::span<std::byte>(data_ + offset, size);
 }

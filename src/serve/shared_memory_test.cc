@@ -114,8 +114,9 @@ TEST(SharedMemoryTest, InferRequestReadsInputsAndWritesOutputsInPlace) {
   std::string wrong = R"({"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","parameters":
       {"shared_memory_region":"io","shared_memory_byte_size":12}}]})";
   DecodedInferRequest r3;
-  EXPECT_NE(MessageOf(DecodeInferRequest(wrong, std::nullopt, &r3, &registry)).find("does not match"),
-            std::string_view::npos);
+  EXPECT_NE(
+      MessageOf(DecodeInferRequest(wrong, std::nullopt, &r3, &registry)).find("does not match"),
+      std::string_view::npos);
   std::string past = R"({"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","parameters":
       {"shared_memory_region":"io","shared_memory_offset":4090,"shared_memory_byte_size":16}}]})";
   DecodedInferRequest r4;
