@@ -1,6 +1,6 @@
 # outpost_component(NAME DIR LIBS ...): a static library of every .cc in DIR
 # except *_test.cc, *_fuzz.cc and *_main.cc; each *_test.cc becomes its own
-# GoogleTest binary linked against the library. Keeps the build listing in
+# GoogleTest binary linked against the library, each *_fuzz.cc a fuzzer. Keeps the build listing in
 # step with the folders without hand-kept file lists.
 function(outpost_component name)
   cmake_parse_arguments(C "" "" "LIBS;TEST_LIBS" ${ARGN})
@@ -16,6 +16,17 @@ function(outpost_component name)
   endforeach()
   add_library(${name} STATIC ${_lib_srcs})
   target_link_libraries(${name} PUBLIC ${C_LIBS})
+  # Each *_fuzz.cc is a libFuzzer target in fuzz builds (make fuzz).
+  if(OUTPOST_FUZZ)
+    file(GLOB _fuzzers CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/*_fuzz.cc")
+    foreach(f IN LISTS _fuzzers)
+      get_filename_component(_fn "${f}" NAME_WE)
+      add_executable(${_fn} "${f}")
+      target_link_options(${_fn} PRIVATE -fsanitize=fuzzer)
+      target_link_libraries(${_fn} PRIVATE ${name})
+      add_dependencies(fuzzers ${_fn})
+    endforeach()
+  endif()
   foreach(t IN LISTS _test_srcs)
     get_filename_component(_tn "${t}" NAME_WE)
     outpost_test(${_tn} SOURCES "${t}" LIBS ${name} ${C_TEST_LIBS})
