@@ -251,7 +251,8 @@ absl::Status ShmParameters(const json& object, std::string_view where,
 
 absl::Status DecodeInput(const json& input, size_t index, std::string_view binary,
                          size_t* binary_used, bool has_binary_section,
-                         const SharedMemoryRegistry* shm, DecodedInferRequest* out) {
+                         const SharedMemoryRegistry* shm, size_t json_size,
+                         DecodedInferRequest* out) {
   std::string where = StrCat("inputs[", index, "]");
   if (!input.is_object()) return Invalid(StrCat(where, " must be an object"));
   auto name = input.find("name");
@@ -347,6 +348,13 @@ absl::Status DecodeInput(const json& input, size_t index, std::string_view binar
       return Invalid(StrCat(where,
                             ": 'data' is required (or binary_data_size with the "
                             "binary tensor extension)"));
+    }
+    // Every JSON element takes at least one character of the request, so a
+    // shape larger than the request cannot be filled: refuse before allocating.
+    if (static_cast<uint64_t>(count) > json_size) {
+      return Invalid(StrCat(where, ": shape ", ShapeString(tensor.shape), " holds ", count,
+                            " elements, more than a ", json_size,
+                            "-byte request can carry in 'data'"));
     }
     auto buffer = std::make_unique<std::byte[]>(bytes == 0 ? 1 : bytes);
     RETURN_IF_ERROR(DecodeJsonTensor(*data, tensor.datatype, count, tensor.shape.size(),
@@ -495,8 +503,8 @@ absl::Status DecodeInferRequest(std::string_view body, std::optional<size_t> hea
   out->request.inputs.reserve(inputs->size());
   size_t binary_used = 0;
   for (size_t i = 0; i < inputs->size(); ++i) {
-    RETURN_IF_ERROR(
-        DecodeInput((*inputs)[i], i, binary, &binary_used, header_length.has_value(), shm, out));
+    RETURN_IF_ERROR(DecodeInput((*inputs)[i], i, binary, &binary_used, header_length.has_value(),
+                                shm, header.size(), out));
   }
   if (binary_used != binary.size()) {
     return Invalid(StrCat("the binary section has ", binary.size(), " bytes but the inputs' ",

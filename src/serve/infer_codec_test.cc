@@ -103,6 +103,9 @@ TEST(InferCodecTest, RejectsBadRequestsWithActionableMessages) {
        std::nullopt, "no Inference-Header-Content-Length"},
       {R"({"inputs":[{"name":"x","shape":[4611686018427387904,4],"datatype":"FP32","data":[1]}]})",
        std::nullopt, "too large"},
+      // Found by the fuzzer: a huge shape with a few elements must not allocate 888 TB.
+      {R"({"inputs":[{"name":"x","shape":[1,222000885449040],"datatype":"FP32","data":[1,2]}]})",
+       std::nullopt, "more than a"},
   };
   for (const Case& c : cases) {
     DecodedInferRequest req;
