@@ -87,20 +87,6 @@ int Run(const Flags& flags) {
 }  // namespace outpost::bench
 
 int main(int argc, char** argv) {
-  auto flags = outpost::bench::Flags::Parse(argc, argv, {"help", "model", "warmup-runs"});
-  if (!flags.ok()) {
-    std::fprintf(stderr, "bare_load: %s\n%s", flags.status().message().data(),
-                 outpost::bench::kUsage.data());
-    return 2;
-  }
-  if (flags->Has("help")) {
-    std::fputs(outpost::bench::kUsage.data(), stdout);
-    return 0;
-  }
-  try {
-    return outpost::bench::Run(*flags);
-  } catch (const Ort::Exception& e) {
-    std::fprintf(stderr, "bare_load: ONNX Runtime: %s\n", e.what());
-    return 1;
-  }
+  return outpost::bench::ToolMain(argc, argv, "bare_load", {"help", "model", "warmup-runs"},
+                                  outpost::bench::kUsage, outpost::bench::Run);
 }

@@ -184,4 +184,24 @@ absl::StatusOr<Ort::Session> LoadSession(Ort::Env& env, const std::string& model
   }
 }
 
+int ToolMain(int argc, char** argv, const char* tool, std::vector<std::string_view> known,
+             std::string_view usage, const std::function<int(const Flags&)>& run) {
+  auto flags = Flags::Parse(argc, argv, std::move(known));
+  if (!flags.ok()) {
+    std::fprintf(stderr, "%s: %.*s\n%.*s", tool, static_cast<int>(flags.status().message().size()),
+                 flags.status().message().data(), static_cast<int>(usage.size()), usage.data());
+    return 2;
+  }
+  if (flags->Has("help")) {
+    std::fwrite(usage.data(), 1, usage.size(), stdout);
+    return 0;
+  }
+  try {
+    return run(*flags);
+  } catch (const Ort::Exception& e) {
+    std::fprintf(stderr, "%s: ONNX Runtime: %s\n", tool, e.what());
+    return 1;
+  }
+}
+
 }  // namespace outpost::bench

@@ -76,4 +76,10 @@ Ort::SessionOptions ServeSessionOptions(int intra_op_threads = 0, int inter_op_t
 absl::StatusOr<Ort::Session> LoadSession(Ort::Env& env, const std::string& model_path,
                                          const Ort::SessionOptions& options);
 
+// The main() of a bench tool: parses `known` flags (exit 2 with `usage` on a
+// bad one), prints `usage` for --help, runs `run`, and turns an ONNX Runtime
+// exception into exit 1 with its message.
+int ToolMain(int argc, char** argv, const char* tool, std::vector<std::string_view> known,
+             std::string_view usage, const std::function<int(const Flags&)>& run);
+
 }  // namespace outpost::bench

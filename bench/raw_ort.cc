@@ -169,22 +169,8 @@ int Run(const Flags& flags) {
 }  // namespace outpost::bench
 
 int main(int argc, char** argv) {
-  auto flags = outpost::bench::Flags::Parse(argc, argv,
-                                            {"help", "model", "concurrency", "warmup", "duration",
-                                             "requests", "intra-op-threads", "inter-op-threads"});
-  if (!flags.ok()) {
-    std::fprintf(stderr, "raw_ort: %s\n%s", flags.status().message().data(),
-                 outpost::bench::kUsage.data());
-    return 2;
-  }
-  if (flags->Has("help")) {
-    std::fputs(outpost::bench::kUsage.data(), stdout);
-    return 0;
-  }
-  try {
-    return outpost::bench::Run(*flags);
-  } catch (const Ort::Exception& e) {
-    std::fprintf(stderr, "raw_ort: ONNX Runtime: %s\n", e.what());
-    return 1;
-  }
+  return outpost::bench::ToolMain(argc, argv, "raw_ort",
+                                  {"help", "model", "concurrency", "warmup", "duration", "requests",
+                                   "intra-op-threads", "inter-op-threads"},
+                                  outpost::bench::kUsage, outpost::bench::Run);
 }
