@@ -386,9 +386,15 @@ void ModelRepository::Poll() {
   }
   for (const std::string& name : to_remove) {
     spdlog::info("repository poll: model '{}' removed from disk, unloading", name);
-    (void)Unload(name);
+    absl::MutexLock serialize(&load_mu_);
+    std::map<int64_t, std::shared_ptr<ModelVersion>> released;  // drained outside the lock
+    // Unload and forget in one step, so a request sees the model either
+    // served or unknown, never half-removed.
     absl::MutexLock lock(&mu_);
-    entries_.erase(name);
+    if (auto it = entries_.find(name); it != entries_.end()) {
+      released.swap(it->second.versions);
+      entries_.erase(it);
+    }
   }
 }
 
