@@ -1,15 +1,21 @@
 // outpost-agent: the device's update supervisor (DESIGN.md "outpost-agent").
-// Subcommands so far: gpu-wait, version. Exit codes: 0 success, 1 the
-// command's own failure (gpu-wait: timed out), 2 usage errors.
+// Subcommands: run (the update loop), status, gpu-wait, version. Exit
+// codes: 0 success, 1 the command's own failure (gpu-wait: timed out; run:
+// the state directory cannot be used), 2 usage errors.
+#include <signal.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 
 #include "agent/gpu.h"
+#include "agent/updater.h"
+#include "common/atomic_file.h"
 
 namespace {
 
@@ -17,11 +23,75 @@ std::chrono::milliseconds Millis(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0 + 0.5));
 }
 
+std::atomic<outpost::agent::Updater*> g_updater{nullptr};
+
+// Async-signal-safe: an atomic load and an atomic store.
+void OnStopSignal(int) {
+  if (outpost::agent::Updater* updater = g_updater.load()) updater->RequestStop();
+}
+
+struct RunFlags {
+  std::string state_dir;
+  std::string trust_dir;
+  std::string bundle_dir;
+  std::string serve_binary;
+  double ready_timeout = 60;
+  double self_test_timeout = 30;
+  double soak = 30;
+  double poll_interval = 5;
+  int max_attempts = 3;
+  double restart_backoff = 1;
+  int crash_loop_exits = 5;
+  double crash_loop_window = 300;
+  double stop_grace = 10;
+  bool exit_when_idle = false;
+};
+
+int RunAgent(const RunFlags& flags) {
+  namespace agent = outpost::agent;
+  agent::UpdaterOptions options;
+  options.state_dir = flags.state_dir;
+  options.trust_dir = flags.trust_dir;
+  options.serve_binary = flags.serve_binary;
+  options.facts.arch = outpost::bundle::HostArch();
+  options.facts.accelerators = {"cpu"};
+  options.facts.agent_version = OUTPOST_VERSION;
+  options.ready_timeout = Millis(flags.ready_timeout);
+  options.self_test_timeout = Millis(flags.self_test_timeout);
+  options.soak = Millis(flags.soak);
+  options.poll_interval = Millis(flags.poll_interval);
+  options.max_attempts = flags.max_attempts;
+  options.restart_backoff = Millis(flags.restart_backoff);
+  options.crash_loop_exits = flags.crash_loop_exits;
+  options.crash_loop_window = Millis(flags.crash_loop_window);
+  options.stop_grace = Millis(flags.stop_grace);
+  auto updater = agent::Updater::Create(
+      std::move(options), std::make_unique<agent::LocalFolderSource>(flags.bundle_dir));
+  if (!updater.ok()) {
+    spdlog::error("{}", outpost::MessageOf(updater.status()));
+    return 1;
+  }
+  g_updater.store(updater->get());
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  absl::Status status = (*updater)->Run(flags.exit_when_idle);
+  g_updater.store(nullptr);
+  if (!status.ok()) {
+    spdlog::error("{}", outpost::MessageOf(status));
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   // Logs go to stderr: stdout carries command output (gpu-wait --json).
-  spdlog::set_default_logger(spdlog::stderr_logger_st("outpost-agent"));
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("outpost-agent"));
 
   CLI::App app{"outpost-agent: keeps this device's Outpost release up to date"};
   app.require_subcommand(1);
@@ -49,6 +119,53 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.01, 60.0))
       ->capture_default_str();
 
+  CLI::App* run = app.add_subcommand(
+      "run",
+      "Keep this device's release up to date: resume any interrupted install, supervise "
+      "outpost-serve on the current slot, and install signed bundles found in --bundle-dir");
+  RunFlags run_flags;
+  run->add_option("--state-dir", run_flags.state_dir,
+                  "State directory (slots, current, state.json)")
+      ->required();
+  run->add_option("--trust-dir", run_flags.trust_dir, "Directory of trusted *.pub signing keys")
+      ->required();
+  run->add_option("--bundle-dir", run_flags.bundle_dir, "Folder watched for *.tar.zst bundles")
+      ->required();
+  run->add_option("--serve-binary", run_flags.serve_binary,
+                  "outpost-serve to run when a bundle ships no runtime/outpost-serve");
+  run->add_option("--ready-timeout", run_flags.ready_timeout,
+                  "Seconds a new runtime has to become ready")
+      ->capture_default_str();
+  run->add_option("--self-test-timeout", run_flags.self_test_timeout,
+                  "Seconds per self-test request")
+      ->capture_default_str();
+  run->add_option("--soak", run_flags.soak, "Seconds a new runtime must stay up before commit")
+      ->capture_default_str();
+  run->add_option("--poll-interval", run_flags.poll_interval, "Seconds between bundle-dir scans")
+      ->capture_default_str();
+  run->add_option("--max-attempts", run_flags.max_attempts,
+                  "Installs of one bundle interrupted by agent restarts before giving up")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  run->add_option("--restart-backoff", run_flags.restart_backoff,
+                  "Seconds before the first restart of a crashed runtime")
+      ->capture_default_str();
+  run->add_option("--crash-loop-exits", run_flags.crash_loop_exits,
+                  "Runtime exits within --crash-loop-window that roll a committed release back")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  run->add_option("--crash-loop-window", run_flags.crash_loop_window, "Seconds")
+      ->capture_default_str();
+  run->add_option("--stop-grace", run_flags.stop_grace,
+                  "Seconds between SIGTERM and SIGKILL when stopping a runtime")
+      ->capture_default_str();
+  run->add_flag("--exit-when-idle", run_flags.exit_when_idle,
+                "Exit once no new bundle is left (one-shot installs, tests); stops the runtime");
+
+  CLI::App* status = app.add_subcommand("status", "Print the update state (state.json)");
+  std::string status_dir;
+  status->add_option("--state-dir", status_dir, "State directory")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -58,6 +175,16 @@ int main(int argc, char** argv) {
 
   if (version->parsed()) {
     std::printf("outpost-agent %s\n", OUTPOST_VERSION);
+    return 0;
+  }
+  if (run->parsed()) return RunAgent(run_flags);
+  if (status->parsed()) {
+    auto text = outpost::ReadFile(std::filesystem::path(status_dir) / "state.json");
+    if (!text.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(outpost::MessageOf(text.status())).c_str());
+      return 1;
+    }
+    std::fwrite(text->data(), 1, text->size(), stdout);
     return 0;
   }
   if (gpu_wait->parsed()) {

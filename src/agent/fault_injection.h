@@ -23,8 +23,11 @@
 //   fetch.part_written    after each chunk appended to <dest>.part
 //   fetch.before_rename   download verified, before <dest>.part -> <dest>
 //   fetch.after_rename    after the rename and directory fsync
+//   updater.*             one per step boundary of an install (updater.h
+//                         lists where each one fires)
 // Write points:
 //   fetch.part_write      each chunk appended to <dest>.part
+//   updater.state_write   each write of <state>/state.json
 //
 // Thread safety: the functions are thread-safe.
 #pragma once
@@ -36,13 +39,17 @@
 namespace outpost::fault {
 
 inline constexpr std::string_view kCrashPoints[] = {
-    "fetch.part_written",
-    "fetch.before_rename",
-    "fetch.after_rename",
+    "fetch.part_written",       "fetch.before_rename",          "fetch.after_rename",
+    "updater.after_download",   "updater.after_verify",         "updater.before_unpack",
+    "updater.after_unpack",     "updater.after_start",          "updater.after_ready",
+    "updater.after_health",     "updater.after_soak",           "updater.before_switch",
+    "updater.after_switch",     "updater.before_commit_record", "updater.after_commit",
+    "updater.rollback_started", "updater.mid_rollback",         "updater.after_rollback",
 };
 
 inline constexpr std::string_view kFailWritePoints[] = {
     "fetch.part_write",
+    "updater.state_write",
 };
 
 template <size_t N>

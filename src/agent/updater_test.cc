@@ -1,0 +1,602 @@
+// The update state machine against real bundles (built and signed with the
+// bundle library from the generated test models), a real outpost-serve and,
+// for crash recovery, the real outpost-agent binary killed at fault points.
+#include "agent/updater.h"
+
+#include <curl/curl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/state_store.h"
+#include "bundle/builder.h"
+#include "bundle/bundle.h"
+#include "bundle/signing.h"
+#include "bundle/test_support.h"
+#include "common/atomic_file.h"
+
+extern char** environ;
+
+namespace outpost::agent {
+
+// Readable gtest failures (found by ADL).
+void PrintTo(UpdateState state, std::ostream* os) { *os << UpdateStateName(state); }
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+const std::vector<double> kPlusOne = {2, 3, 4, 5};  // add_one v1 on [1, 2, 3, 4]
+const std::vector<double> kPlusTwo = {3, 4, 5, 6};  // add_one v2
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
+
+void WriteText(const fs::path& path, std::string_view text) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+size_t Append(char* data, size_t size, size_t n, void* user) {
+  static_cast<std::string*>(user)->append(data, size * n);
+  return size * n;
+}
+
+// {HTTP code, body}; code 0 when the connection failed.
+std::pair<long, std::string> Http(const std::string& url, const std::string* body) {
+  CURL* curl = curl_easy_init();
+  std::string reply;
+  long code = 0;
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 5000L);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply);
+  if (body != nullptr) {
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body->c_str());
+  }
+  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return {code, reply};
+}
+
+// What the release behind <state>/current answers for add_one([1, 2, 3, 4]),
+// waiting for its runtime to be ready. Empty when nothing answers.
+std::vector<double> InferCurrent(const fs::path& state_dir) {
+  auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (Clock::now() < deadline) {
+    absl::StatusOr<std::string> port_file = ReadFile(state_dir / "current" / "port.json");
+    if (port_file.ok()) {
+      json p = json::parse(*port_file, nullptr, false);
+      if (p.is_object() && p.contains("http")) {
+        std::string base = "http://127.0.0.1:" + std::to_string(p["http"].get<int>());
+        if (Http(base + "/v2/health/ready", nullptr).first == 200) {
+          std::string request =
+              R"({"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]})";
+          auto [code, body] = Http(base + "/v2/models/add_one/infer", &request);
+          if (code != 200) {
+            ADD_FAILURE() << "infer: HTTP " << code << " " << body;
+            return {};
+          }
+          return json::parse(body)["outputs"][0]["data"].get<std::vector<double>>();
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ADD_FAILURE() << "no runtime answers behind " << (state_dir / "current");
+  return {};
+}
+
+AgentState StateOnDisk(const fs::path& state_dir) {
+  absl::StatusOr<std::string> text = ReadFile(state_dir / "state.json");
+  EXPECT_TRUE(text.ok()) << text.status();
+  if (!text.ok()) return {};
+  absl::StatusOr<AgentState> state = ParseState(*text);
+  EXPECT_TRUE(state.ok()) << state.status();
+  return state.ok() ? *state : AgentState{};
+}
+
+std::string CurrentTarget(const fs::path& state_dir) {
+  std::error_code ec;
+  return fs::read_symlink(state_dir / "current", ec).string();
+}
+
+struct BundleSpec {
+  std::string release;
+  uint64_t sequence = 1;
+  int model_version = 1;         // which add_one to ship (y = x + version)
+  std::vector<double> expected;  // self-test expectation for [1, 2, 3, 4]
+  bool broken_model = false;     // model.onnx that cannot load
+  enum class Signer { kTrusted, kRogue, kNone } signer = Signer::kTrusted;
+};
+
+class UpdaterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    models_ = Env("OUTPOST_TEST_MODELS");
+    std::string binary_dir = Env("OUTPOST_BINARY_DIR");
+    if (models_.empty() || binary_dir.empty()) {
+      GTEST_SKIP() << "needs OUTPOST_TEST_MODELS and OUTPOST_BINARY_DIR (run through ctest)";
+    }
+    serve_ = fs::path(binary_dir) / "src/serve/outpost-serve";
+    ASSERT_TRUE(fs::exists(models_ / "add_one/1/model.onnx")) << models_;
+    ASSERT_TRUE(fs::exists(serve_)) << serve_;
+    std::string pattern = (fs::temp_directory_path() / "outpost-updater-XXXXXX").string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    root_ = pattern;
+    state_ = root_ / "state";
+    bundles_ = root_ / "bundles";
+    keys_ = root_ / "keys";
+    fs::create_directories(bundles_);
+    auto trusted = bundle::GenerateKeyPair("release");
+    ASSERT_TRUE(trusted.ok());
+    ASSERT_TRUE(bundle::WriteKeyPair(*trusted, keys_).ok());
+    trusted_ = std::move(trusted->private_key);
+    auto rogue = bundle::GenerateKeyPair("rogue");
+    ASSERT_TRUE(rogue.ok());
+    rogue_ = std::move(rogue->private_key);
+  }
+
+  void TearDown() override {
+    unsetenv("OUTPOST_FAIL_WRITE_AT");
+    updater_.reset();
+    std::error_code ec;
+    if (!root_.empty()) fs::remove_all(root_, ec);
+  }
+
+  UpdaterOptions Options() const {
+    UpdaterOptions o;
+    o.state_dir = state_;
+    o.trust_dir = keys_;
+    o.serve_binary = serve_;
+    o.facts.arch = bundle::HostArch();
+    o.facts.accelerators = {"cpu"};
+    o.facts.agent_version = OUTPOST_VERSION;
+    o.ready_timeout = std::chrono::seconds(30);
+    o.soak = std::chrono::milliseconds(300);
+    o.poll_interval = std::chrono::milliseconds(100);
+    o.restart_backoff = std::chrono::milliseconds(100);
+    o.crash_loop_exits = 3;
+    o.crash_loop_window = std::chrono::seconds(60);
+    o.stop_grace = std::chrono::seconds(5);
+    return o;
+  }
+
+  void StartUpdater() {
+    updater_.reset();
+    auto updater = Updater::Create(Options(), std::make_unique<LocalFolderSource>(bundles_));
+    ASSERT_TRUE(updater.ok()) << updater.status();
+    updater_ = *std::move(updater);
+    absl::Status resumed = updater_->Resume();
+    ASSERT_TRUE(resumed.ok()) << resumed;
+  }
+
+  // Builds the bundle into the watched folder.
+  fs::path Build(const BundleSpec& spec) {
+    fs::path src = root_ / ("src-" + spec.release);
+    fs::path model = src / "models/add_one/1/model.onnx";
+    fs::create_directories(model.parent_path());
+    if (spec.broken_model) {
+      WriteText(model, "this is not an ONNX model");
+    } else {
+      fs::copy_file(models_ / "add_one" / std::to_string(spec.model_version) / "model.onnx", model,
+                    fs::copy_options::overwrite_existing);
+    }
+    json expected = {
+        {"name", "y"}, {"datatype", "FP32"}, {"shape", {1, 4}}, {"data", spec.expected}};
+    json tests = json::array(
+        {{{"name", "plus"},
+          {"model", "add_one"},
+          {"inputs",
+           json::array(
+               {{{"name", "x"}, {"datatype", "FP32"}, {"shape", {1, 4}}, {"data", {1, 2, 3, 4}}}})},
+          {"expected_outputs", json::array({expected})}}});
+    WriteText(src / "selftest.json", tests.dump());
+    bundle::BuildOptions options;
+    options.models_dir = src / "models";
+    options.self_test_file = src / "selftest.json";
+    options.release = spec.release;
+    options.sequence = spec.sequence;
+    options.created_unix = 1717243200;
+    if (spec.signer == BundleSpec::Signer::kTrusted) options.signing_key = &trusted_;
+    if (spec.signer == BundleSpec::Signer::kRogue) options.signing_key = &rogue_;
+    fs::path out = bundles_ / (spec.release + ".tar.zst");
+    absl::StatusOr<bundle::Manifest> built = bundle::BuildBundle(options, out);
+    EXPECT_TRUE(built.ok()) << built.status();
+    return out;
+  }
+
+  InstallResult InstallOne() {
+    absl::StatusOr<std::optional<InstallResult>> result = updater_->InstallNext();
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok() || !result->has_value()) {
+      ADD_FAILURE() << "nothing was installed";
+      return {};
+    }
+    return **result;
+  }
+
+  void ExpectNothingLeft() {
+    absl::StatusOr<std::optional<InstallResult>> result = updater_->InstallNext();
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_FALSE(result->has_value()) << "offered again: " << (*result)->reason;
+  }
+
+  // rel-1 (x + 1) committed on slot A.
+  void InstallFirstRelease() {
+    Build({"rel-1", 1, 1, kPlusOne});
+    StartUpdater();
+    InstallResult r = InstallOne();
+    ASSERT_EQ(r.state, UpdateState::kCommitted) << r.reason << ": " << r.message;
+  }
+
+  // Runs `outpost-agent run --exit-when-idle` (OUTPOST_CRASH_AT=crash_at
+  // when not empty); returns its wait status. `relative`: from root_, with
+  // relative state, trust and bundle paths.
+  int RunAgentUntilExit(const std::string& crash_at, bool relative = false) {
+    auto path = [&](const fs::path& p) {
+      return relative ? fs::relative(p, root_).string() : p.string();
+    };
+    std::vector<std::string> args = {OUTPOST_AGENT_BINARY,
+                                     "run",
+                                     "--state-dir",
+                                     path(state_),
+                                     "--trust-dir",
+                                     path(keys_),
+                                     "--bundle-dir",
+                                     path(bundles_),
+                                     "--serve-binary",
+                                     serve_.string(),
+                                     "--soak",
+                                     "0.3",
+                                     "--poll-interval",
+                                     "0.1",
+                                     "--restart-backoff",
+                                     "0.1",
+                                     "--stop-grace",
+                                     "5",
+                                     "--exit-when-idle"};
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::string_view(*e).rfind("OUTPOST_CRASH_AT=", 0) != 0) env.push_back(*e);
+    }
+    if (!crash_at.empty()) env.push_back("OUTPOST_CRASH_AT=" + crash_at);
+    std::vector<char*> argv, envp;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    for (std::string& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    if (relative) posix_spawn_file_actions_addchdir_np(&actions, root_.c_str());
+    pid_t pid = 0;
+    EXPECT_EQ(posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data()), 0);
+    posix_spawn_file_actions_destroy(&actions);
+    int status = 0;
+    auto deadline = Clock::now() + std::chrono::seconds(120);
+    while (Clock::now() < deadline) {
+      pid_t done = ::waitpid(pid, &status, WNOHANG);
+      if (done == pid) return status;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    ADD_FAILURE() << "agent did not exit";
+    return status;
+  }
+
+  fs::path models_, serve_, root_, state_, bundles_, keys_;
+  bundle::PrivateKey trusted_, rogue_;
+  std::unique_ptr<Updater> updater_;
+};
+
+TEST_F(UpdaterTest, GoodBundlesInstallAndCommit) {
+  InstallFirstRelease();
+  EXPECT_EQ(CurrentTarget(state_), "slots/A");
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s.state, UpdateState::kCommitted);
+  ASSERT_TRUE(s.committed.has_value());
+  EXPECT_EQ(s.committed->release, "rel-1");
+  EXPECT_EQ(s.committed->slot, "A");
+  EXPECT_FALSE(s.previous.has_value());
+  EXPECT_EQ(s.sequence_floor, 1u);
+
+  Build({"rel-2", 2, 2, kPlusTwo});
+  InstallResult r = InstallOne();
+  ASSERT_EQ(r.state, UpdateState::kCommitted) << r.reason << ": " << r.message;
+  EXPECT_EQ(CurrentTarget(state_), "slots/B");
+  EXPECT_EQ(InferCurrent(state_), kPlusTwo);
+  s = StateOnDisk(state_);
+  EXPECT_EQ(s, updater_->state());
+  EXPECT_EQ(s.committed->release, "rel-2");
+  EXPECT_EQ(s.committed->slot, "B");
+  ASSERT_TRUE(s.previous.has_value());
+  EXPECT_EQ(s.previous->release, "rel-1");
+  EXPECT_EQ(s.sequence_floor, 2u);
+  ExpectNothingLeft();
+  // The downloaded copies are gone; the history has every step.
+  EXPECT_TRUE(fs::is_empty(state_ / "downloads"));
+  std::ifstream history(state_ / "history.jsonl");
+  std::vector<std::string> states;
+  for (std::string line; std::getline(history, line);) {
+    states.push_back(json::parse(line)["state"].get<std::string>());
+  }
+  std::vector<std::string> install = {"downloading",  "verifying", "unpacking",  "starting",
+                                      "health_check", "soaking",   "committing", "committed"};
+  ASSERT_GE(states.size(), 2 * install.size());
+  EXPECT_EQ(std::vector<std::string>(states.end() - install.size(), states.end()), install);
+}
+
+TEST_F(UpdaterTest, WrongSelfTestAnswerRollsBackAndOldReleaseKeepsServing) {
+  InstallFirstRelease();
+  Build({"rel-2", 2, 2, kPlusOne});  // ships x + 2 but expects x + 1
+  InstallResult r = InstallOne();
+  EXPECT_EQ(r.state, UpdateState::kRolledBack);
+  EXPECT_EQ(r.reason, kReasonSelfTestFailed) << r.message;
+  EXPECT_NE(r.message.find("output 'y'"), std::string::npos) << r.message;
+  EXPECT_EQ(CurrentTarget(state_), "slots/A");
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s.state, UpdateState::kRolledBack);
+  EXPECT_EQ(s.update.reason, "self_test_failed");
+  EXPECT_EQ(s.committed->release, "rel-1");
+  EXPECT_EQ(s.sequence_floor, 1u);
+  ExpectNothingLeft();  // not retried
+}
+
+TEST_F(UpdaterTest, ModelThatFailsToLoadRollsBack) {
+  InstallFirstRelease();
+  BundleSpec spec{"rel-2", 2, 2, kPlusTwo};
+  spec.broken_model = true;
+  Build(spec);
+  InstallResult r = InstallOne();
+  EXPECT_EQ(r.state, UpdateState::kRolledBack);
+  EXPECT_EQ(r.reason, kReasonModelLoadFailed) << r.message;
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+  EXPECT_EQ(StateOnDisk(state_).committed->release, "rel-1");
+}
+
+TEST_F(UpdaterTest, DowngradeIsRefused) {
+  Build({"rel-2", 2, 2, kPlusTwo});
+  StartUpdater();
+  ASSERT_EQ(InstallOne().state, UpdateState::kCommitted);
+  Build({"rel-1", 1, 1, kPlusOne});
+  InstallResult r = InstallOne();
+  EXPECT_EQ(r.state, UpdateState::kRolledBack);
+  EXPECT_EQ(r.reason, "sequence_below_floor") << r.message;
+  EXPECT_EQ(CurrentTarget(state_), "slots/A");
+  EXPECT_EQ(InferCurrent(state_), kPlusTwo);
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s.committed->release, "rel-2");
+  EXPECT_EQ(s.sequence_floor, 2u);
+}
+
+TEST_F(UpdaterTest, UnsignedAndUntrustedBundlesAreRefusedWithTheirReason) {
+  InstallFirstRelease();
+  BundleSpec unsigned_spec{"rel-unsigned", 5, 2, kPlusTwo};
+  unsigned_spec.signer = BundleSpec::Signer::kNone;
+  Build(unsigned_spec);
+  InstallResult r = InstallOne();
+  EXPECT_EQ(r.state, UpdateState::kRolledBack);
+  EXPECT_EQ(r.reason, "no_signature") << r.message;
+
+  BundleSpec rogue_spec{"rel-rogue", 6, 2, kPlusTwo};
+  rogue_spec.signer = BundleSpec::Signer::kRogue;
+  Build(rogue_spec);
+  r = InstallOne();
+  EXPECT_EQ(r.reason, "unknown_key") << r.message;
+
+  // The signed manifest and signature of a good bundle, with one byte of
+  // the model changed: refused during the unpack, before anything runs.
+  fs::path good = Build({"rel-tampered", 7, 2, kPlusTwo});
+  absl::StatusOr<bundle::UnverifiedBundle> head = bundle::Inspect(good);
+  ASSERT_TRUE(head.ok() && head->signature.has_value());
+  std::string model = *ReadFile(models_ / "add_one/2/model.onnx");
+  model[model.size() / 2] ^= 0x5a;
+  fs::remove(good);
+  bundle::testing::CraftBundle(good,
+                               {{"manifest.json", head->manifest_json},
+                                {"signature.json", bundle::SerializeSignature(*head->signature)},
+                                {"models/add_one/1/model.onnx", model}});
+  r = InstallOne();
+  EXPECT_EQ(r.state, UpdateState::kRolledBack);
+  EXPECT_EQ(r.reason, "wrong_hash") << r.message;
+  EXPECT_FALSE(fs::exists(state_ / "slots/B/models"));  // nothing half-written left
+
+  EXPECT_EQ(CurrentTarget(state_), "slots/A");
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s.committed->release, "rel-1");
+  EXPECT_EQ(s.sequence_floor, 1u);
+  ExpectNothingLeft();
+}
+
+TEST_F(UpdaterTest, CrashLoopAfterCommitRollsBackToThePreviousRelease) {
+  InstallFirstRelease();
+  Build({"rel-2", 2, 2, kPlusTwo});
+  ASSERT_EQ(InstallOne().state, UpdateState::kCommitted);
+  ASSERT_EQ(InferCurrent(state_), kPlusTwo);
+  // Kill the committed runtime each time the supervisor restarts it.
+  bool rolled_back = false;
+  pid_t last_killed = 0;
+  auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (!rolled_back && Clock::now() < deadline) {
+    pid_t pid = updater_->ServingPid();
+    if (pid > 0 && pid != last_killed) {
+      ::kill(pid, SIGKILL);
+      last_killed = pid;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    absl::StatusOr<bool> checked = updater_->CheckRuntime();
+    ASSERT_TRUE(checked.ok()) << checked.status();
+    rolled_back = *checked;
+  }
+  ASSERT_TRUE(rolled_back);
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s.state, UpdateState::kRolledBack);
+  EXPECT_EQ(s.update.reason, "crash_loop");
+  EXPECT_EQ(s.committed->release, "rel-1");
+  EXPECT_EQ(CurrentTarget(state_), "slots/A");
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+}
+
+TEST_F(UpdaterTest, FullDiskAtAStateWriteKeepsTheOldReleaseAndResumeFinishes) {
+  InstallFirstRelease();
+  Build({"rel-2", 2, 2, kPlusTwo});
+  // ENOSPC from the third state write on (downloading and verifying pass).
+  ASSERT_EQ(setenv("OUTPOST_FAIL_WRITE_AT", "updater.state_write:3", 1), 0);
+  absl::StatusOr<std::optional<InstallResult>> failed = updater_->InstallNext();
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted) << failed.status();
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s.state, UpdateState::kVerifying);  // the truth: the last step that was recorded
+  EXPECT_EQ(CurrentTarget(state_), "slots/A");
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+  // Resume while the disk is still full fails without breaking anything.
+  EXPECT_FALSE(updater_->Resume().ok());
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+
+  ASSERT_EQ(unsetenv("OUTPOST_FAIL_WRITE_AT"), 0);
+  absl::Status resumed = updater_->Resume();
+  ASSERT_TRUE(resumed.ok()) << resumed;
+  s = StateOnDisk(state_);
+  EXPECT_EQ(s.state, UpdateState::kCommitted) << s.update.reason << ": " << s.update.message;
+  EXPECT_EQ(s.committed->release, "rel-2");
+  EXPECT_EQ(InferCurrent(state_), kPlusTwo);
+}
+
+// Regression: outpost-serve runs in its slot directory, so a relative
+// --state-dir once gave it a model repository path that did not resolve.
+TEST_F(UpdaterTest, AgentCommandInstallsWithRelativePaths) {
+  Build({"rel-1", 1, 1, kPlusOne});
+  int status = RunAgentUntilExit("", /*relative=*/true);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "wait status " << status;
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s.state, UpdateState::kCommitted) << s.update.reason << ": " << s.update.message;
+  ASSERT_TRUE(s.committed.has_value());
+  EXPECT_EQ(s.committed->release, "rel-1");
+}
+
+// --- kill -9 of the real agent at a fault point, then a restart ---
+
+struct CrashCase {
+  const char* point;
+  bool bad_bundle;       // rel-2's self-test fails, so the install rolls back
+  UpdateState at_crash;  // what state.json must say when the agent died
+  UpdateState at_end;    // after the restart
+};
+
+class UpdaterCrashTest : public UpdaterTest, public ::testing::WithParamInterface<CrashCase> {};
+
+TEST_P(UpdaterCrashTest, RestartEndsOnAWorkingReleaseAndStateTellsTheTruth) {
+  const CrashCase& c = GetParam();
+  InstallFirstRelease();
+  updater_.reset();  // the device's agent "reboots": its runtime stops too
+  Build({"rel-2", 2, 2, c.bad_bundle ? kPlusOne : kPlusTwo});
+
+  int status = RunAgentUntilExit(c.point);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << c.point << " was not reached; wait status " << status;
+  AgentState at_crash = StateOnDisk(state_);
+  EXPECT_EQ(at_crash.state, c.at_crash) << UpdateStateName(at_crash.state);
+  if (std::string_view(c.point) == "updater.after_unpack") {
+    // A torn slot: the restart must not trust it.
+    WriteText(state_ / "slots/B/models/add_one/1/model.onnx", "torn");
+    WriteText(state_ / "slots/B/models/junk/1/model.onnx", "junk");
+  }
+
+  StartUpdater();  // Resume
+  while (true) {
+    absl::StatusOr<std::optional<InstallResult>> r = updater_->InstallNext();
+    ASSERT_TRUE(r.ok()) << r.status();
+    if (!r->has_value()) break;
+  }
+  AgentState s = StateOnDisk(state_);
+  EXPECT_EQ(s, updater_->state());
+  EXPECT_EQ(s.state, c.at_end) << UpdateStateName(s.state) << " " << s.update.reason << ": "
+                               << s.update.message;
+  ASSERT_TRUE(s.committed.has_value());
+  if (c.at_end == UpdateState::kCommitted) {
+    EXPECT_EQ(s.committed->release, "rel-2");
+    EXPECT_EQ(s.sequence_floor, 2u);
+    EXPECT_EQ(CurrentTarget(state_), "slots/B");
+    EXPECT_EQ(InferCurrent(state_), kPlusTwo);
+    EXPECT_FALSE(fs::exists(state_ / "slots/B/models/junk"));
+  } else {
+    EXPECT_EQ(s.committed->release, "rel-1");
+    EXPECT_EQ(s.update.reason, "self_test_failed");
+    EXPECT_EQ(s.sequence_floor, 1u);
+    EXPECT_EQ(CurrentTarget(state_), "slots/A");
+    EXPECT_EQ(InferCurrent(state_), kPlusOne);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Points, UpdaterCrashTest,
+    ::testing::Values(
+        CrashCase{"updater.after_download", false, UpdateState::kDownloading,
+                  UpdateState::kCommitted},
+        CrashCase{"updater.after_verify", false, UpdateState::kVerifying, UpdateState::kCommitted},
+        CrashCase{"updater.after_unpack", false, UpdateState::kUnpacking, UpdateState::kCommitted},
+        CrashCase{"updater.after_ready", false, UpdateState::kHealthCheck, UpdateState::kCommitted},
+        CrashCase{"updater.after_soak", false, UpdateState::kSoaking, UpdateState::kCommitted},
+        CrashCase{"updater.before_switch", false, UpdateState::kCommitting,
+                  UpdateState::kCommitted},
+        CrashCase{"updater.after_switch", false, UpdateState::kCommitting, UpdateState::kCommitted},
+        CrashCase{"updater.after_commit", false, UpdateState::kCommitted, UpdateState::kCommitted},
+        CrashCase{"updater.rollback_started", true, UpdateState::kRollingBack,
+                  UpdateState::kRolledBack},
+        CrashCase{"updater.mid_rollback", true, UpdateState::kRollingBack,
+                  UpdateState::kRolledBack}),
+    [](const ::testing::TestParamInfo<CrashCase>& info) {
+      std::string name = std::string(info.param.point).substr(sizeof("updater.") - 1);
+      return name;
+    });
+
+TEST(StateStoreTest, StateRoundTripsAndCorruptionIsRefused) {
+  AgentState s;
+  s.state = UpdateState::kSoaking;
+  s.committed = ReleaseRecord{"r1", 1, "A", "file:a"};
+  s.previous = ReleaseRecord{"r0", 0, "B", "file:b"};
+  s.sequence_floor = 1;
+  s.update.offer_id = "file:c";
+  s.update.target_slot = "B";
+  s.update.restore_slot = "A";
+  s.update.attempts = 2;
+  s.handled = {"file:a", "file:b"};
+  s.updated_at = 7;
+  absl::StatusOr<AgentState> back = ParseState(SerializeState(s));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, s);
+  EXPECT_FALSE(ParseState("{\"state\": \"flying\"}").ok());
+  EXPECT_FALSE(ParseState("{\"state\": \"idle\", \"committed\": {\"release\": \"r\", "
+                          "\"sequence\": 1, \"slot\": \"../x\"}}")
+                   .ok());
+  EXPECT_FALSE(ParseState("not json").ok());
+}
+
+}  // namespace
+}  // namespace outpost::agent
