@@ -396,6 +396,27 @@ def fmt_ratio(x):
     return f"{x:.2f}x" if x is not None else "–"
 
 
+def c1_row(pairs, label):
+    """Target row: median per-pair p50 difference, served vs raw, within 0.1 ms."""
+    diffs = [p["http"]["p50_ms"] - p["raw"]["p50_ms"] for p in pairs]
+    d = statistics.median(diffs)
+    return (f"| {label} | serve {statistics.median(p['http']['p50_ms'] for p in pairs):.3f} ms, "
+            f"raw {statistics.median(p['raw']['p50_ms'] for p in pairs):.3f} ms; difference "
+            f"{d:+.3f} ms (pairs: {', '.join(f'{x:+.3f}' for x in diffs)}) | "
+            f"{'PASS' if d <= 0.1 else 'FAIL'} |")
+
+
+def saturation_row(sat, label):
+    """Target row: median per-pair throughput ratio, served / raw, at least 97%."""
+    ratios = [p["http"]["throughput_rps"] / p["raw"]["throughput_rps"] for p in sat["pairs"]]
+    r = statistics.median(ratios)
+    return (f"| {label} | serve "
+            f"{statistics.median(p['http']['throughput_rps'] for p in sat['pairs']):.1f} req/s, raw "
+            f"{statistics.median(p['raw']['throughput_rps'] for p in sat['pairs']):.1f} req/s; "
+            f"median ratio {r * 100:.1f}% (pairs: {', '.join(f'{x * 100:.0f}%' for x in ratios)}) | "
+            f"{'PASS' if r >= 0.97 else 'FAIL'} |")
+
+
 def write_report(path, results, command):
     m = results["machine"]
     out = []
@@ -429,15 +450,10 @@ def write_report(path, results, command):
         paired = results.get("paired")
         if paired:
             n = paired["pairs"]
-            c1 = paired["c1"]["pairs"]
-            diffs = [p["http"]["p50_ms"] - p["raw"]["p50_ms"] for p in c1]
-            d = statistics.median(diffs)
-            out.append(f"| {TARGET_MODEL}, concurrency 1, binary: serve p50 <= raw p50 + 0.1 ms "
-                       f"({n} alternating raw/HTTP pairs of {paired['slice_s']} s; median of the "
-                       f"per-pair differences) | serve {statistics.median(p['http']['p50_ms'] for p in c1):.3f} ms, "
-                       f"raw {statistics.median(p['raw']['p50_ms'] for p in c1):.3f} ms; difference "
-                       f"{d:+.3f} ms (pairs: {', '.join(f'{x:+.3f}' for x in diffs)}) | "
-                       f"{'PASS' if d <= 0.1 else 'FAIL'} |")
+            out.append(c1_row(paired["c1"]["pairs"],
+                              f"{TARGET_MODEL}, concurrency 1, binary: serve p50 <= raw p50 + 0.1 ms "
+                              f"({n} alternating raw/HTTP pairs of {paired['slice_s']} s; median of "
+                              f"the per-pair differences)"))
         raw1 = next((r for r in rows if r["path"] == "raw" and r["concurrency"] == 1), None)
         bin1 = next((r for r in rows if r["path"] == "http binary" and r["concurrency"] == 1), None)
         if raw1 and bin1:
@@ -447,33 +463,18 @@ def write_report(path, results, command):
                        f"({d:+.3f} ms) | {'PASS' if d <= 0.1 else 'FAIL'} |")
         if paired:
             sat = paired["saturation"]
-            ratios = [p["http"]["throughput_rps"] / p["raw"]["throughput_rps"] for p in sat["pairs"]]
-            r = statistics.median(ratios)
-            out.append(f"| {TARGET_MODEL}, saturation, binary: serve throughput >= 97% of raw "
-                       f"(each at its fastest concurrency in the table: raw c={sat['raw_c']}, "
-                       f"HTTP c={sat['http_c']}; {n} alternating pairs) | serve "
-                       f"{statistics.median(p['http']['throughput_rps'] for p in sat['pairs']):.1f} req/s, raw "
-                       f"{statistics.median(p['raw']['throughput_rps'] for p in sat['pairs']):.1f} req/s; "
-                       f"median ratio {r * 100:.1f}% (pairs: {', '.join(f'{x * 100:.0f}%' for x in ratios)}) | "
-                       f"{'PASS' if r >= 0.97 else 'FAIL'} |")
+            out.append(saturation_row(
+                sat, f"{TARGET_MODEL}, saturation, binary: serve throughput >= 97% of raw "
+                f"(each at its fastest concurrency in the table: raw c={sat['raw_c']}, "
+                f"HTTP c={sat['http_c']}; {n} alternating pairs)"))
         if paired and "c1_shm" in paired:
-            c1 = paired["c1_shm"]["pairs"]
-            diffs = [p["http"]["p50_ms"] - p["raw"]["p50_ms"] for p in c1]
-            d = statistics.median(diffs)
-            out.append(f"| {TARGET_MODEL}, concurrency 1, shared memory input (system shared memory "
-                       f"extension; {n} pairs) | serve {statistics.median(p['http']['p50_ms'] for p in c1):.3f} ms, "
-                       f"raw {statistics.median(p['raw']['p50_ms'] for p in c1):.3f} ms; difference "
-                       f"{d:+.3f} ms (pairs: {', '.join(f'{x:+.3f}' for x in diffs)}) | "
-                       f"{'PASS' if d <= 0.1 else 'FAIL'} |")
+            out.append(c1_row(paired["c1_shm"]["pairs"],
+                              f"{TARGET_MODEL}, concurrency 1, shared memory input (system shared "
+                              f"memory extension; {n} pairs)"))
             sat = paired["saturation_shm"]
-            ratios = [p["http"]["throughput_rps"] / p["raw"]["throughput_rps"] for p in sat["pairs"]]
-            r = statistics.median(ratios)
-            out.append(f"| {TARGET_MODEL}, saturation, shared memory input (raw c={sat['raw_c']}, "
-                       f"HTTP c={sat['http_c']}; {n} pairs) | serve "
-                       f"{statistics.median(p['http']['throughput_rps'] for p in sat['pairs']):.1f} req/s, raw "
-                       f"{statistics.median(p['raw']['throughput_rps'] for p in sat['pairs']):.1f} req/s; "
-                       f"median ratio {r * 100:.1f}% (pairs: {', '.join(f'{x * 100:.0f}%' for x in ratios)}) | "
-                       f"{'PASS' if r >= 0.97 else 'FAIL'} |")
+            out.append(saturation_row(
+                sat, f"{TARGET_MODEL}, saturation, shared memory input (raw c={sat['raw_c']}, "
+                f"HTTP c={sat['http_c']}; {n} pairs)"))
         best_raw = max((r for r in rows if r["path"] == "raw"), key=lambda r: r["throughput_rps"])
         serve_rows = [r for r in rows if r["path"] == "http binary"]
         if serve_rows:
