@@ -1,7 +1,9 @@
 #include "common/http_client.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -161,6 +163,41 @@ TEST_F(HttpClientTest, TimeoutRefusedConnectionAndBadUrlAreDistinctErrors) {
 
   auto bad = (*client)->Send({.url = "ftp://127.0.0.1/x"});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The server side of artifact downloads: a file range streamed from disk.
+TEST(HttpServerFileTest, SendFileStreamsTheRangeAndKeepsTheConnection) {
+  char path_template[] = "/tmp/http_file_test_XXXXXX";
+  int fd = mkstemp(path_template);
+  ASSERT_GE(fd, 0);
+  std::string content(3 * 1024 * 1024 + 17, '\0');
+  for (size_t i = 0; i < content.size(); ++i) content[i] = static_cast<char>(i * 31 % 251);
+  ASSERT_EQ(write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+  close(fd);
+  const std::string path = path_template;
+  auto server = http::Server::Create({}, [&](http::Request&& request, http::Responder responder) {
+    int file = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    uint64_t offset = request.target() == "/range" ? 1000 : 0;
+    uint64_t length = request.target() == "/range" ? 2 * 1024 * 1024 : content.size();
+    http::Response header{http::Status::ok, request.version()};
+    header.set(boost::beast::http::field::content_type, "application/octet-stream");
+    responder.SendFile(std::move(header), http::FileBody(file, offset, length));
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  (*server)->Start();
+  std::string base = StrCat("http://127.0.0.1:", (*server)->port());
+  auto client = HttpClient::Create({});
+  ASSERT_TRUE(client.ok());
+  auto range = (*client)->Send({.url = base + "/range"});
+  ASSERT_TRUE(range.ok()) << range.status();
+  EXPECT_EQ(range->status, 200);
+  EXPECT_EQ(range->Header("content-length"), StrCat(2 * 1024 * 1024));
+  EXPECT_TRUE(range->body == content.substr(1000, 2 * 1024 * 1024));
+  auto whole = (*client)->Send({.url = base + "/whole"});
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_TRUE(whole->body == content);
+  (*server)->Stop();
+  unlink(path.c_str());
 }
 
 }  // namespace

@@ -31,6 +31,28 @@ using Request = boost::beast::http::request<boost::beast::http::string_body>;
 using Response = boost::beast::http::response<boost::beast::http::string_body>;
 using Status = boost::beast::http::status;
 
+// A byte range of an open file, sent as a response body straight from the
+// file in chunks (release bundles of hundreds of MB are never held in
+// memory). Owns the descriptor. The write deadline restarts with every
+// chunk, so a slow but moving download is not cut off.
+class FileBody {
+ public:
+  FileBody() = default;
+  FileBody(int fd, uint64_t offset, uint64_t length) : fd_(fd), offset_(offset), length_(length) {}
+  FileBody(FileBody&& other) noexcept { *this = std::move(other); }
+  FileBody& operator=(FileBody&& other) noexcept;
+  ~FileBody();
+
+  int fd() const { return fd_; }
+  uint64_t offset() const { return offset_; }
+  uint64_t length() const { return length_; }
+
+ private:
+  int fd_ = -1;
+  uint64_t offset_ = 0;
+  uint64_t length_ = 0;
+};
+
 // Completes one request. Movable, thread-safe to call from any thread,
 // exactly once; if destroyed without Send(), answers 500 so no client hangs.
 // A Send() after the connection closed or the server stopped is dropped
@@ -47,6 +69,9 @@ class Responder {
   ~Responder();
 
   void Send(Response&& response);
+  // Sends `header` (its body is ignored; Content-Length is the file
+  // range's length) followed by the file range.
+  void SendFile(Response&& header, FileBody&& file);
 
  private:
   std::shared_ptr<Target> target_;
