@@ -39,9 +39,12 @@ PACKAGES=(
   # libraries (DESIGN.md, "Chosen dependencies")
   libboost1.74-dev libssl-dev prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev libsodium-dev libsqlite3-dev
-  libcurl4-openssl-dev libarchive-dev libzstd-dev
+  libcurl4-openssl-dev libarchive-dev libzstd-dev libpq-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev prometheus
+  # the hub's store tests start a throwaway PostgreSQL 15 server (initdb +
+  # postgres from /usr/lib/postgresql/15/bin in a temporary directory)
+  postgresql-15
   # model generation (real architectures, random weights)
   python3 python3-numpy python3-onnx python3-torch python3-torchvision
   # npm registry client (ONNX Runtime library; dashboard assets later)
