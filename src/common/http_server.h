@@ -46,6 +46,10 @@ class FileBody {
   int fd() const { return fd_; }
   uint64_t offset() const { return offset_; }
   uint64_t length() const { return length_; }
+  void set_range(uint64_t offset, uint64_t length) {
+    offset_ = offset;
+    length_ = length;
+  }
 
  private:
   int fd_ = -1;
