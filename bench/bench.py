@@ -565,8 +565,23 @@ def write_report(path, results, command):
                "the shared session (ONNX Runtime's intra-op pool already spans every core).")
     out.append("- Random weights and random inputs; figures are about the serving path, not "
                "model accuracy.")
+    out.extend(owned_sections(path))
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+def owned_sections(path):
+    """Sections of RESULTS.md other bench scripts write (between their
+    `<!-- begin: NAME -->` / `<!-- end: NAME -->` markers): kept as they are."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    lines = []
+    for section in re.findall(r"<!-- begin: [\w.-]+ -->.*?<!-- end: [\w.-]+ -->", text, re.S):
+        lines += ["", section]
+    return lines
 
 
 def main():

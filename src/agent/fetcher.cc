@@ -17,8 +17,8 @@
 #include <random>
 #include <thread>
 
-#include "agent/fault_injection.h"
 #include "common/atomic_file.h"
+#include "common/fault_injection.h"
 
 namespace outpost::agent {
 namespace {

@@ -11,8 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <system_error>
 
-#include "agent/fault_injection.h"
 #include "common/atomic_file.h"
+#include "common/fault_injection.h"
 
 namespace outpost::agent {
 namespace {
@@ -77,7 +77,8 @@ std::string SerializeState(const AgentState& state) {
             {"sequence_floor", state.sequence_floor},
             {"update", UpdateToJson(state.update)},
             {"handled", state.handled},
-            {"updated_at", state.updated_at}};
+            {"updated_at", state.updated_at},
+            {"event_seq", state.event_seq}};
   return j.dump(2) + "\n";
 }
 
@@ -128,6 +129,8 @@ absl::StatusOr<AgentState> ParseState(std::string_view text) {
     if (j.contains("handled")) state.handled = j["handled"].get<std::vector<std::string>>();
     field = "updated_at";
     state.updated_at = j.value("updated_at", int64_t{0});
+    field = "event_seq";
+    state.event_seq = j.value("event_seq", uint64_t{0});
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(StrCat("state.json: field '", field, "': ", e.what()));
   }
@@ -168,6 +171,7 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const fs::path& dir
 
 absl::Status StateStore::Transition(AgentState next, std::string_view note) {
   next.updated_at = NowUnix();
+  next.event_seq = state_.event_seq + 1;
   RETURN_IF_ERROR(OUTPOST_FAIL_WRITE_AT("updater.state_write"));
   RETURN_IF_ERROR(WriteFileAtomic(dir_ / "state.json", SerializeState(next)));
   state_ = std::move(next);
@@ -181,7 +185,8 @@ void StateStore::AppendHistory(const AgentState& state, std::string_view note) {
   if (fs::file_size(path, ec) > kMaxHistoryBytes && !ec) {
     fs::rename(path, fs::path(path.string() + ".1"), ec);
   }
-  json line = {{"time", state.updated_at},
+  json line = {{"seq", state.event_seq},
+               {"time", state.updated_at},
                {"state", UpdateStateName(state.state)},
                {"release", state.update.release},
                {"sequence", state.update.sequence},

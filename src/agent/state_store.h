@@ -89,6 +89,11 @@ struct AgentState {
   // bounded): a source does not offer them again.
   std::vector<std::string> handled;
   int64_t updated_at = 0;  // unix seconds of the last transition
+  // Numbers the transitions (1, 2, ...): the history line of a transition
+  // carries it, and the hub de-duplicates status reports on it. Persisted
+  // with the state, so it never goes back, even when the history's tail
+  // is lost.
+  uint64_t event_seq = 0;
 
   bool operator==(const AgentState&) const = default;
 };

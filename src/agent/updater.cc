@@ -14,8 +14,9 @@
 #include <thread>
 
 #include "absl/strings/cord.h"
-#include "agent/fault_injection.h"
+#include "absl/strings/match.h"
 #include "common/atomic_file.h"
+#include "common/fault_injection.h"
 #include "common/sha256.h"
 
 namespace outpost::agent {
@@ -136,14 +137,41 @@ bool Executable(const fs::path& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
 }
 
-absl::Status FsyncFile(const fs::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::ErrnoToStatus(errno, StrCat("cannot open ", path.string()));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return absl::ErrnoToStatus(err, StrCat("cannot fsync ", path.string()));
-  return absl::OkStatus();
+// Copies `from` to `to` (created or truncated) and fsyncs it. Not
+// std::filesystem::copy_file: libstdc++ reports a full disk as EIO, and the
+// operator must read "No space left on device".
+absl::Status CopyFileDurably(const fs::path& from, const fs::path& to) {
+  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) return absl::ErrnoToStatus(errno, StrCat("cannot open ", from.string()));
+  int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) {
+    int err = errno;
+    ::close(in);
+    return absl::ErrnoToStatus(err, StrCat("cannot create ", to.string()));
+  }
+  std::vector<char> buffer(1 << 20);
+  absl::Status status;
+  while (status.ok()) {
+    ssize_t n = ::read(in, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) status = absl::ErrnoToStatus(errno, StrCat("cannot read ", from.string()));
+    if (n <= 0) break;
+    for (ssize_t done = 0; done < n && status.ok();) {
+      ssize_t w = ::write(out, buffer.data() + done, static_cast<size_t>(n - done));
+      if (w < 0 && errno != EINTR) {
+        status = absl::ErrnoToStatus(errno, StrCat("cannot write ", to.string()));
+      }
+      if (w > 0) done += w;
+    }
+  }
+  if (status.ok() && ::fsync(out) != 0) {
+    status = absl::ErrnoToStatus(errno, StrCat("cannot fsync ", to.string()));
+  }
+  if (::close(out) != 0 && status.ok()) {
+    status = absl::ErrnoToStatus(errno, StrCat("cannot close ", to.string()));
+  }
+  ::close(in);
+  return status;
 }
 
 }  // namespace
@@ -182,14 +210,13 @@ absl::StatusOr<std::optional<UpdateOffer>> LocalFolderSource::Next(
 
 absl::Status LocalFolderSource::Fetch(const UpdateOffer& offer, const fs::path& dest) {
   fs::path part = dest.string() + ".part";
-  std::error_code ec;
-  fs::copy_file(offer.description, part, fs::copy_options::overwrite_existing, ec);
-  if (ec) {
-    fs::remove(part, ec);
-    return absl::ErrnoToStatus(ec.value(),
-                               StrCat("cannot copy ", offer.description, " to ", part.string()));
+  absl::Status copied = CopyFileDurably(offer.description, part);
+  if (!copied.ok()) {
+    std::error_code ignored;
+    fs::remove(part, ignored);
+    return copied;
   }
-  RETURN_IF_ERROR(FsyncFile(part));
+  std::error_code ec;
   fs::rename(part, dest, ec);
   if (ec) return absl::ErrnoToStatus(ec.value(), StrCat("cannot rename ", part.string()));
   return FsyncDirectory(dest.parent_path());
@@ -205,6 +232,13 @@ absl::StatusOr<std::optional<UpdateOffer>> HttpBundleSource::Next(
 }
 
 absl::Status HttpBundleSource::Fetch(const UpdateOffer& offer, const fs::path& dest) {
+  // A download completed just before the agent died (state.json still says
+  // downloading) is not fetched again.
+  std::error_code ec;
+  if (fs::file_size(dest, ec) == size_ && !ec) {
+    absl::StatusOr<std::string> sha256 = Sha256File(dest);
+    if (sha256.ok() && absl::EqualsIgnoreCase(*sha256, sha256_)) return absl::OkStatus();
+  }
   absl::StatusOr<FetchResult> result = agent::Fetch(url_, dest, sha256_, size_, options_);
   return result.status();
 }
@@ -542,8 +576,25 @@ absl::StatusOr<std::optional<InstallResult>> Updater::InstallNext() {
                                                 UpdateStateName(state().state),
                                                 "): call Resume first"));
   }
-  ASSIGN_OR_RETURN(std::optional<UpdateOffer> offer, source_->Next(state().handled));
+  // An authoritative source may ask for the previous release back: let it
+  // offer that one even though it was handled.
+  std::vector<std::string> handled = state().handled;
+  const bool can_revert =
+      source_->Authoritative() && CanRollBackCommitted() && !state().previous->offer_id.empty();
+  if (can_revert) std::erase(handled, state().previous->offer_id);
+  ASSIGN_OR_RETURN(std::optional<UpdateOffer> offer, source_->Next(handled));
   if (!offer) return std::optional<InstallResult>();
+  if (can_revert && offer->id == state().previous->offer_id) {
+    spdlog::info("updater: {} asks for the previous release '{}' back", offer->description,
+                 state().previous->release);
+    ASSIGN_OR_RETURN(
+        InstallResult reverted,
+        RollBackCommitted(kReasonReverted,
+                          StrCat("the hub sent this device back from '", state().committed->release,
+                                 "' to '", state().previous->release, "'"),
+                          "reverted by the hub"));
+    return std::optional<InstallResult>(std::move(reverted));
+  }
   ASSIGN_OR_RETURN(InstallResult result, Install(*offer));
   return std::optional<InstallResult>(std::move(result));
 }
@@ -569,6 +620,10 @@ absl::StatusOr<InstallResult> Updater::Install(const UpdateOffer& offer) {
 
   fs::path dest = store_->downloads_dir() / (Sha256::HexOf(offer.id).substr(0, 16) + ".tar.zst");
   absl::Status fetched = source_->Fetch(offer, dest);
+  // A download cut short by a stop is not a verdict on the bundle: Resume
+  // turns `downloading` into idle and the source offers it again (the .part
+  // is kept, so the download resumes).
+  if (absl::IsCancelled(fetched) && stop_.load()) return fetched;
   if (!fetched.ok()) {
     return Rollback(kReasonFetchFailed,
                     StrCat("cannot fetch ", offer.description, ": ", MessageOf(fetched)));
@@ -744,10 +799,7 @@ absl::StatusOr<bool> Updater::CheckRuntime() {
   SupervisorEvent event = active_->supervisor->Current();
   if (event.state != ChildState::kCrashLoop) return false;
   const AgentState s = state();
-  std::error_code ec;
-  bool can_roll_back = s.committed && s.previous && s.previous->slot != s.committed->slot &&
-                       fs::is_directory(store_->SlotDir(s.previous->slot), ec);
-  if (!can_roll_back) {
+  if (!CanRollBackCommitted()) {
     if (!crash_loop_reported_) {
       spdlog::error(
           "updater: outpost-serve on slot {} is in a crash loop and there is no "
@@ -757,10 +809,29 @@ absl::StatusOr<bool> Updater::CheckRuntime() {
     }
     return false;
   }
+  ASSIGN_OR_RETURN(InstallResult result,
+                   RollBackCommitted(kReasonCrashLoop,
+                                     StrCat("outpost-serve crash loop on release '",
+                                            s.committed->release, "': ", DescribeExit(event)),
+                                     "crash loop after commit"));
+  return result.state == UpdateState::kRolledBack;
+}
+
+bool Updater::CanRollBackCommitted() const {
+  const AgentState& s = state();
+  std::error_code ec;
+  return s.committed && s.previous && s.previous->slot != s.committed->slot &&
+         fs::is_directory(store_->SlotDir(s.previous->slot), ec);
+}
+
+absl::StatusOr<InstallResult> Updater::RollBackCommitted(std::string_view reason,
+                                                         std::string message,
+                                                         std::string_view source) {
+  const AgentState s = state();
   AgentState next = s;
   next.update = UpdateRecord{};
   next.update.offer_id = s.committed->offer_id;
-  next.update.source = "crash loop after commit";
+  next.update.source = std::string(source);
   next.update.release = s.committed->release;
   next.update.sequence = s.committed->sequence;
   next.update.target_slot = s.committed->slot;
@@ -768,12 +839,8 @@ absl::StatusOr<bool> Updater::CheckRuntime() {
   next.update.started_at = NowUnix();
   next.state = UpdateState::kCommitted;  // rewritten by Rollback at once
   // Rollback persists rolling_back before acting; carry the record with it.
-  RETURN_IF_ERROR(store_->Transition(std::move(next), "crash loop detected"));
-  ASSIGN_OR_RETURN(
-      InstallResult result,
-      Rollback(kReasonCrashLoop, StrCat("outpost-serve crash loop on release '",
-                                        s.committed->release, "': ", DescribeExit(event))));
-  return result.state == UpdateState::kRolledBack;
+  RETURN_IF_ERROR(store_->Transition(std::move(next), source));
+  return Rollback(reason, std::move(message));
 }
 
 absl::Status Updater::Run(bool exit_when_idle) {

@@ -31,10 +31,13 @@
 // After a commit, a crash loop of the runtime (Supervisor kCrashLoop) rolls
 // back to the previous release if its slot still holds it.
 //
-// Crash points (OUTPOST_CRASH_AT, agent/fault_injection.h), in install order:
+// Crash points (OUTPOST_CRASH_AT, common/fault_injection.h), in install order:
+//   fetch.*                 inside HttpBundleSource's download (fetcher.h)
 //   updater.after_download  bundle file complete, state still downloading
 //   updater.after_verify    manifest verified, state still verifying
 //   updater.before_unpack   state unpacking, target slot wiped, nothing written
+//   bundle.mid_unpack       after each payload file is written (bundle.h)
+//   bundle.before_fsync     every payload file written, directories not synced
 //   updater.after_unpack    slot unpacked and durable, state still unpacking
 //   updater.after_start     new runtime spawned, state starting
 //   updater.after_ready     new runtime ready, self-tests not yet run
@@ -79,6 +82,7 @@ inline constexpr std::string_view kReasonSelfTestFailed = "self_test_failed";
 inline constexpr std::string_view kReasonSoakFailed = "soak_failed";
 inline constexpr std::string_view kReasonInterrupted = "interrupted";
 inline constexpr std::string_view kReasonCrashLoop = "crash_loop";
+inline constexpr std::string_view kReasonReverted = "reverted_by_hub";
 
 // A bundle a source can deliver.
 struct UpdateOffer {
@@ -97,8 +101,17 @@ class UpdateSource {
   virtual absl::StatusOr<std::optional<UpdateOffer>> Next(
       const std::vector<std::string>& handled) = 0;
   // Makes the offered bundle a complete local file at `dest` (in the state's
-  // downloads folder; a `<dest>.part` may be left for a resume).
+  // downloads folder; a `<dest>.part` may be left for a resume). Cancelled
+  // when the agent is stopping: the install stays in `downloading` and is
+  // offered again after the restart, not rolled back.
   virtual absl::Status Fetch(const UpdateOffer& offer, const std::filesystem::path& dest) = 0;
+  // True when an offer is the release this device should run (the hub's
+  // desired state), not merely a bundle that is available. Then the offer
+  // of the release kept in the previous slot means "go back to it" (a
+  // rollout halted by the hub): the updater switches slots without a
+  // download and without the sequence-floor check, which guards against
+  // replayed bundles, not against the device's own previous release.
+  virtual bool Authoritative() const { return false; }
 };
 
 // A folder (USB stick, shared drive) watched for *.tar.zst bundles. Offers
@@ -118,7 +131,9 @@ class LocalFolderSource : public UpdateSource {
 };
 
 // One bundle at a URL, known by size and SHA-256 (what the hub's desired
-// state names), fetched resumably with agent::Fetch. Offer id: "sha256:<hex>".
+// state names), fetched resumably with agent::Fetch; a complete `dest` with
+// that size and hash (left by an agent that died right after the download)
+// is used as it is. Offer id: "sha256:<hex>".
 class HttpBundleSource : public UpdateSource {
  public:
   HttpBundleSource(std::string url, std::string sha256_hex, uint64_t size, FetchOptions options)
@@ -213,6 +228,11 @@ class Updater {
   // Persists rolling_back with `reason`, then restores update.restore_slot.
   absl::StatusOr<InstallResult> Rollback(std::string_view reason, std::string message);
   absl::StatusOr<InstallResult> FinishRollback();
+  // Rolls the committed release back to the previous one still in its slot
+  // (crash loop, or a revert the source asked for).
+  absl::StatusOr<InstallResult> RollBackCommitted(std::string_view reason, std::string message,
+                                                  std::string_view source);
+  bool CanRollBackCommitted() const;
 
   // Starts outpost-serve on `slot`; waits for nothing.
   absl::StatusOr<std::unique_ptr<Runtime>> StartRuntime(const std::string& slot);

@@ -26,6 +26,7 @@
 #include "bundle/signing.h"
 #include "bundle/test_support.h"
 #include "common/atomic_file.h"
+#include "common/sha256.h"
 
 extern char** environ;
 
@@ -575,6 +576,44 @@ INSTANTIATE_TEST_SUITE_P(
       std::string name = std::string(info.param.point).substr(sizeof("updater.") - 1);
       return name;
     });
+
+// Regression: a failed copy (ENOSPC reported by libstdc++'s copy_file as
+// EIO) used to be returned as success, because the error code was reused
+// for the cleanup; the install then failed later with a misleading io_error.
+TEST(LocalFolderSourceTest, FailedCopyIsAnErrorAndLeavesNothing) {
+  std::string pattern = (fs::temp_directory_path() / "outpost-source-XXXXXX").string();
+  ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+  fs::path root = pattern;
+  fs::create_directories(root / "unreadable.tar.zst");  // read() fails: EISDIR
+  LocalFolderSource source(root);
+  absl::Status fetched =
+      source.Fetch(UpdateOffer{"id", (root / "unreadable.tar.zst").string()}, root / "out.tar.zst");
+  EXPECT_FALSE(fetched.ok());
+  EXPECT_FALSE(fs::exists(root / "out.tar.zst"));
+  EXPECT_FALSE(fs::exists(root / "out.tar.zst.part"));
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
+
+// A bundle downloaded and renamed just before the agent died is used as it
+// is after the restart, not downloaded again (here: no server at all).
+TEST(HttpBundleSourceTest, CompleteDownloadIsNotFetchedAgain) {
+  std::string pattern = (fs::temp_directory_path() / "outpost-source-XXXXXX").string();
+  ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+  fs::path root = pattern;
+  const std::string bundle = "pretend this is a bundle";
+  WriteText(root / "b.tar.zst", bundle);
+  FetchOptions options;
+  options.max_retries = 0;
+  HttpBundleSource source("http://127.0.0.1:1/b.tar.zst", Sha256::HexOf(bundle), bundle.size(),
+                          options);
+  EXPECT_TRUE(source.Fetch(UpdateOffer{"id", "url"}, root / "b.tar.zst").ok());
+  HttpBundleSource other("http://127.0.0.1:1/b.tar.zst", Sha256::HexOf("another bundle"),
+                         bundle.size(), options);
+  EXPECT_FALSE(other.Fetch(UpdateOffer{"id", "url"}, root / "b.tar.zst").ok());
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
 
 TEST(StateStoreTest, StateRoundTripsAndCorruptionIsRefused) {
   AgentState s;

@@ -17,6 +17,7 @@
 #include "bundle/archive_writer.h"
 #include "bundle/payload.h"
 #include "common/atomic_file.h"
+#include "common/fault_injection.h"
 #include "common/sha256.h"
 
 namespace outpost::bundle {
@@ -112,6 +113,7 @@ class DiskSink : public PayloadSink {
   }
 
   absl::Status Write(std::string_view data) override {
+    RETURN_IF_ERROR(OUTPOST_FAIL_WRITE_AT("bundle.unpack_write"));
     while (!data.empty()) {
       ssize_t n = ::write(fd_, data.data(), data.size());
       if (n < 0) {
@@ -137,6 +139,7 @@ class DiskSink : public PayloadSink {
     int fd = fd_;
     fd_ = -1;
     if (::close(fd) != 0) return ErrnoError("cannot close", current_);
+    OUTPOST_CRASH_AT("bundle.mid_unpack");
     return absl::OkStatus();
   }
 
@@ -195,6 +198,7 @@ absl::Status UnpackInto(const std::filesystem::path& bundle, const VerifiedManif
   }
   DiskSink sink(dir_fd, dest);
   RETURN_IF_ERROR(StreamPayload(*reader, head, verified.manifest(), limits, &sink));
+  OUTPOST_CRASH_AT("bundle.before_fsync");
   // New names are durable only once their directories are synced.
   for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
     RETURN_IF_ERROR(FsyncAt(dir_fd, *it, dest / *it));

@@ -110,7 +110,9 @@ absl::Status CheckPayload(const std::filesystem::path& bundle, const VerifiedMan
 // returns the tree is durable. Refusals as for CheckPayload. On any error
 // everything Unpack created is removed (`dest` itself too if Unpack created
 // it). Errors without a reason: FailedPrecondition (dest not empty / not a
-// directory), I/O errors from errno.
+// directory), I/O errors from errno. Fault points (test builds,
+// common/fault_injection.h): bundle.mid_unpack, bundle.before_fsync,
+// bundle.unpack_write.
 absl::Status Unpack(const std::filesystem::path& bundle, const VerifiedManifest& verified,
                     const std::filesystem::path& dest, const Limits& limits = {});
 

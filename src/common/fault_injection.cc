@@ -1,4 +1,4 @@
-#include "agent/fault_injection.h"
+#include "common/fault_injection.h"
 
 #include <signal.h>
 #include <stdlib.h>

@@ -23,10 +23,16 @@
 //   fetch.part_written    after each chunk appended to <dest>.part
 //   fetch.before_rename   download verified, before <dest>.part -> <dest>
 //   fetch.after_rename    after the rename and directory fsync
+//   bundle.mid_unpack     bundle::Unpack: after each payload file is written
+//                         and fsynced (the first hit leaves a half-unpacked
+//                         tree)
+//   bundle.before_fsync   bundle::Unpack: every file written, directories
+//                         not yet fsynced
 //   updater.*             one per step boundary of an install (updater.h
 //                         lists where each one fires)
 // Write points:
 //   fetch.part_write      each chunk appended to <dest>.part
+//   bundle.unpack_write   each chunk bundle::Unpack writes to a payload file
 //   updater.state_write   each write of <state>/state.json
 //
 // Thread safety: the functions are thread-safe.
@@ -39,16 +45,34 @@
 namespace outpost::fault {
 
 inline constexpr std::string_view kCrashPoints[] = {
-    "fetch.part_written",       "fetch.before_rename",          "fetch.after_rename",
-    "updater.after_download",   "updater.after_verify",         "updater.before_unpack",
-    "updater.after_unpack",     "updater.after_start",          "updater.after_ready",
-    "updater.after_health",     "updater.after_soak",           "updater.before_switch",
-    "updater.after_switch",     "updater.before_commit_record", "updater.after_commit",
-    "updater.rollback_started", "updater.mid_rollback",         "updater.after_rollback",
+    // agent/fetcher.cc
+    "fetch.part_written",
+    "fetch.before_rename",
+    "fetch.after_rename",
+    // bundle/bundle.cc (Unpack)
+    "bundle.mid_unpack",
+    "bundle.before_fsync",
+    // agent/updater.cc, in install order
+    "updater.after_download",
+    "updater.after_verify",
+    "updater.before_unpack",
+    "updater.after_unpack",
+    "updater.after_start",
+    "updater.after_ready",
+    "updater.after_health",
+    "updater.after_soak",
+    "updater.before_switch",
+    "updater.after_switch",
+    "updater.before_commit_record",
+    "updater.after_commit",
+    "updater.rollback_started",
+    "updater.mid_rollback",
+    "updater.after_rollback",
 };
 
 inline constexpr std::string_view kFailWritePoints[] = {
     "fetch.part_write",
+    "bundle.unpack_write",
     "updater.state_write",
 };
 
@@ -58,7 +82,7 @@ consteval std::string_view CheckedPoint(std::string_view name, const std::string
     if (k == name) return name;
   }
   // Not a constant expression: a compile error naming this line.
-  throw "unknown fault point: add it to the list in agent/fault_injection.h";
+  throw "unknown fault point: add it to the list in common/fault_injection.h";
 }
 
 // What the macros call. Exposed for tests; use the macros in code.

@@ -1,4 +1,4 @@
-#include "agent/fault_injection.h"
+#include "common/fault_injection.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
