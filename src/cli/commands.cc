@@ -1,10 +1,13 @@
 #include "cli/commands.h"
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <iomanip>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <ostream>
@@ -15,6 +18,8 @@
 #include "bundle/bundle.h"
 #include "bundle/reason.h"
 #include "bundle/signing.h"
+#include "cli/hub_api.h"
+#include "cli/hub_commands.h"
 
 namespace outpost::cli {
 namespace {
@@ -273,6 +278,7 @@ void AddCheckOptions(CLI::App* command, CheckArgs* args) {
 int ExitCodeFor(const absl::Status& status) {
   if (status.ok()) return kExitOk;
   if (bundle::ReasonOf(status) != Reason::kNone) return kExitRefused;
+  if (HubHttpStatusOf(status) != 0) return kExitRefused;
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
     case absl::StatusCode::kAlreadyExists:
@@ -284,9 +290,17 @@ int ExitCodeFor(const absl::Status& status) {
 }
 
 int RunOutpost(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
-  CLI::App app{"outpost: keys and signed release bundles for Outpost devices"};
+  CLI::App app{
+      "outpost: the operator's command line for Outpost: signing keys and release bundles, "
+      "and a hub's releases, devices, configuration, rollouts and credentials"};
   app.set_version_flag("--version", OUTPOST_VERSION);
   app.require_subcommand(1);
+  app.footer(
+      "Exit codes: 0 ok; 1 refused (a bundle failed verification, or the hub refused the "
+      "request or the operation failed: the reason is printed); 2 usage error (bad flags, "
+      "invalid input files, no hub URL or token); 3 I/O error (a file cannot be read or "
+      "written, or the hub cannot be reached). Hub commands read --hub, --token and --ca-file "
+      "from OUTPOST_HUB_URL, OUTPOST_HUB_TOKEN and OUTPOST_HUB_CA. See docs/cli.md.");
 
   KeysGenerateArgs keys_args;
   CLI::App* keys = app.add_subcommand("keys", "Ed25519 signing keys")->require_subcommand(1);
@@ -346,6 +360,8 @@ int RunOutpost(int argc, const char* const* argv, std::ostream& out, std::ostrea
   inspect->add_option("bundle", inspect_args.bundle, "the bundle (.tar.zst)")->required();
   inspect->add_flag("--json", inspect_args.json, "print as JSON");
 
+  HubCommands hub_commands(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -367,6 +383,9 @@ int RunOutpost(int argc, const char* const* argv, std::ostream& out, std::ostrea
     if (verify->parsed()) return BundleCheck(verify_args, false, out, err);
     if (unpack->parsed()) return BundleCheck(unpack_args, true, out, err);
     if (inspect->parsed()) return BundleInspect(inspect_args, out, err);
+    // Progress is redrawn in place only on a terminal; logs get lines.
+    const bool interactive = &err == &std::cerr && ::isatty(STDERR_FILENO) == 1;
+    if (std::optional<int> code = hub_commands.Run(out, err, interactive)) return *code;
   } catch (const std::exception& e) {
     err << "outpost: error: " << e.what() << "\n";
     return kExitIo;

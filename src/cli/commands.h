@@ -1,11 +1,16 @@
-// The `outpost` command line (docs/bundles.md "CLI"): keys and bundles.
+// The `outpost` command line (docs/cli.md): keys and bundles
+// (docs/bundles.md "CLI"), and the hub's admin API (hub_commands.h).
 //
 // Exit codes, for every command:
 //   0  success
-//   1  the bundle was refused (verification failed; the reason is printed)
-//   2  usage error: bad flags, or input files that are invalid (a key, a
-//      self-test file, an existing output that must not be overwritten)
-//   3  I/O or system error (missing file, no space, permission denied)
+//   1  refused: the bundle failed verification, or the hub answered with an
+//      error or the operation failed (a watched rollout halted); the reason
+//      (the hub's own message) is printed
+//   2  usage error: bad flags, input files that are invalid (a key, a
+//      self-test file, an existing output that must not be overwritten), no
+//      hub URL or API token
+//   3  I/O or system error (missing file, no space, permission denied), or
+//      the hub cannot be reached (refused, timed out, TLS not trusted)
 #pragma once
 
 #include <iosfwd>

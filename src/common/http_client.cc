@@ -1,9 +1,12 @@
 #include "common/http_client.h"
 
 #include <curl/curl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstdio>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
@@ -42,6 +45,35 @@ size_t OnHeader(char* data, size_t size, size_t count, void* user) {
   response->headers.emplace_back(std::move(name), std::string(Trim(line.substr(colon + 1))));
   return size * count;
 }
+
+size_t OnRead(char* buffer, size_t size, size_t count, void* user) {
+  std::FILE* file = static_cast<std::FILE*>(user);
+  size_t n = std::fread(buffer, 1, size * count, file);
+  // A read error mid-upload aborts the transfer rather than sending a short body.
+  if (n == 0 && std::ferror(file)) return CURL_READFUNC_ABORT;
+  return n;
+}
+
+struct UploadProgress {
+  const std::function<void(uint64_t, uint64_t)>* hook;
+  uint64_t total;
+  uint64_t last_reported = UINT64_MAX;
+};
+
+int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t ulnow) {
+  auto* progress = static_cast<UploadProgress*>(user);
+  const uint64_t sent = static_cast<uint64_t>(ulnow);
+  // curl calls this many times a second even when nothing moved.
+  if (sent != progress->last_reported) {
+    progress->last_reported = sent;
+    (*progress->hook)(sent, progress->total);
+  }
+  return 0;
+}
+
+struct FileCloser {
+  void operator()(std::FILE* file) const { std::fclose(file); }
+};
 
 }  // namespace
 
@@ -140,15 +172,38 @@ absl::StatusOr<HttpResponse> HttpClient::Send(const HttpRequest& request) {
   for (const auto& [name, value] : request.headers) {
     headers = curl_slist_append(headers, StrCat(name, ": ", value).c_str());
   }
-  if (!request.body.empty() || request.method == "POST" || request.method == "PUT") {
+  std::unique_ptr<std::FILE, FileCloser> body_file;
+  uint64_t body_size = request.body.size();
+  if (!request.body_file.empty()) {
+    body_file.reset(std::fopen(request.body_file.c_str(), "rb"));
+    struct stat st;
+    if (body_file == nullptr || ::fstat(::fileno(body_file.get()), &st) != 0) {
+      int err = errno;
+      curl_slist_free_all(headers);
+      return absl::ErrnoToStatus(err, StrCat("cannot read ", request.body_file));
+    }
+    body_size = static_cast<uint64_t>(st.st_size);
+  }
+  if (!request.body.empty() || body_file || request.method == "POST" || request.method == "PUT") {
     if (!request.content_type.empty()) {
       headers = curl_slist_append(headers, StrCat("Content-Type: ", request.content_type).c_str());
     }
     // No "Expect: 100-continue" round trip on small control-plane bodies.
     headers = curl_slist_append(headers, "Expect:");
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request.body.data());
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
-                     static_cast<curl_off_t>(request.body.size()));
+    if (body_file) {
+      curl_easy_setopt(curl, CURLOPT_POST, 1L);
+      curl_easy_setopt(curl, CURLOPT_READFUNCTION, &OnRead);
+      curl_easy_setopt(curl, CURLOPT_READDATA, body_file.get());
+    } else {
+      curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request.body.data());
+    }
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_size));
+  }
+  UploadProgress progress{&request.upload_progress, body_size};
+  if (request.upload_progress) {
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &OnProgress);
+    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &progress);
   }
   if (request.method == "HEAD") {
     curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
@@ -181,6 +236,13 @@ absl::StatusOr<HttpResponse> HttpClient::Send(const HttpRequest& request) {
     }
   }
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
+  if (request.upload_progress) {
+    curl_off_t uploaded = 0;
+    curl_easy_getinfo(curl, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+    if (static_cast<uint64_t>(uploaded) != progress.last_reported) {
+      request.upload_progress(static_cast<uint64_t>(uploaded), body_size);
+    }
+  }
   return response;
 }
 

@@ -12,6 +12,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +44,13 @@ struct HttpRequest {
   std::string content_type;  // set when body is not empty
   std::vector<std::pair<std::string, std::string>> headers;
   std::optional<std::chrono::milliseconds> timeout;
+  // When set, the body is streamed from this file instead of `body` (a
+  // release bundle of gigabytes is never held in memory).
+  std::string body_file;
+  // When set, called as the body goes out with the bytes sent so far and
+  // the body's size (several times a second, and at least once at the
+  // end). Runs on the calling thread, inside Send.
+  std::function<void(uint64_t sent, uint64_t total)> upload_progress;
 };
 
 struct HttpResponse {
@@ -67,7 +76,9 @@ class HttpClient {
   // what a 4xx means). Errors: InvalidArgument (malformed URL or a scheme
   // other than http/https), FailedPrecondition (TLS verification failed:
   // wrong CA or name), DeadlineExceeded (timed out), Unavailable (could
-  // not connect, connection reset: worth retrying). Messages name the URL.
+  // not connect, connection reset: worth retrying), or the errno status of
+  // opening `body_file` (NotFound, PermissionDenied, ...). Messages name
+  // the URL or the file.
   absl::StatusOr<HttpResponse> Send(const HttpRequest& request);
 
   void set_bearer_token(std::string token) { options_.bearer_token = std::move(token); }

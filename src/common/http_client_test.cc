@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <mutex>
 #include <string>
@@ -104,6 +105,45 @@ TEST_F(HttpClientTest, PostsBodyWithTokenHeadersAndReadsTheAnswer) {
   ASSERT_TRUE(del.ok()) << del.status();
   EXPECT_EQ(del->Header("x-method"), "DELETE");
   EXPECT_EQ(del->Header("x-auth"), "Bearer secret-2");
+}
+
+TEST_F(HttpClientTest, StreamsABodyFromAFileAndReportsUploadProgress) {
+  Start(/*tls=*/false);
+  auto client = HttpClient::Create({});
+  ASSERT_TRUE(client.ok());
+  std::string content(2 * 1024 * 1024 + 5, '\0');
+  for (size_t i = 0; i < content.size(); ++i) content[i] = static_cast<char>('a' + i % 26);
+  fs::path file = dir_ / "upload.bin";
+  {
+    std::FILE* f = std::fopen(file.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite(content.data(), 1, content.size(), f), content.size());
+    std::fclose(f);
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> calls;
+  auto response = (*client)->Send(
+      {.method = "POST",
+       .url = base_ + "/echo",
+       .content_type = "application/octet-stream",
+       .body_file = file.string(),
+       .upload_progress = [&](uint64_t sent, uint64_t total) { calls.emplace_back(sent, total); }});
+  ASSERT_TRUE(response.ok()) << response.status();
+  EXPECT_EQ(response->Header("x-method"), "POST");
+  EXPECT_TRUE(response->body == content);
+  ASSERT_FALSE(calls.empty());
+  EXPECT_EQ(calls.back().first, content.size());
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i].second, content.size());
+    if (i > 0) {
+      EXPECT_GE(calls[i].first, calls[i - 1].first);
+    }
+  }
+
+  auto missing = (*client)->Send(
+      {.method = "POST", .url = base_ + "/echo", .body_file = (dir_ / "nope").string()});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound) << missing.status();
+  EXPECT_NE(MessageOf(missing.status()).find("nope"), std::string_view::npos);
 }
 
 TEST_F(HttpClientTest, HttpErrorsAreResponsesAndMapToStatusCodes) {
