@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <memory>
 
 #include "agent/gpu.h"
+#include "agent/hub_link.h"
 #include "agent/updater.h"
 #include "common/atomic_file.h"
 
@@ -24,16 +26,34 @@ std::chrono::milliseconds Millis(double seconds) {
 }
 
 std::atomic<outpost::agent::Updater*> g_updater{nullptr};
+std::atomic<bool> g_stopping{false};  // also cancels a download in progress
 
-// Async-signal-safe: an atomic load and an atomic store.
+// Async-signal-safe: atomic loads and stores.
 void OnStopSignal(int) {
+  g_stopping.store(true);
   if (outpost::agent::Updater* updater = g_updater.load()) updater->RequestStop();
+}
+
+bool IsSha256Hex(std::string_view hex) {
+  return hex.size() == 64 && hex.find_first_not_of("0123456789abcdef") == std::string_view::npos;
 }
 
 struct RunFlags {
   std::string state_dir;
   std::string trust_dir;
   std::string bundle_dir;
+  std::string bundle_url;
+  std::string bootstrap;
+  double hub_wait = 30;
+  double report_interval = 10;
+  double telemetry_interval = 60;
+  std::string bundle_sha256;
+  uint64_t bundle_size = 0;
+  std::string ca_file;
+  int download_retries = 8;
+  double download_backoff = 1;
+  double download_backoff_max = 60;
+  double download_stall_timeout = 60;
   std::string serve_binary;
   double ready_timeout = 60;
   double self_test_timeout = 30;
@@ -46,6 +66,15 @@ struct RunFlags {
   double stop_grace = 10;
   bool exit_when_idle = false;
 };
+
+void InstallStopHandlers() {
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
 
 int RunAgent(const RunFlags& flags) {
   namespace agent = outpost::agent;
@@ -65,21 +94,57 @@ int RunAgent(const RunFlags& flags) {
   options.crash_loop_exits = flags.crash_loop_exits;
   options.crash_loop_window = Millis(flags.crash_loop_window);
   options.stop_grace = Millis(flags.stop_grace);
-  auto updater = agent::Updater::Create(
-      std::move(options), std::make_unique<agent::LocalFolderSource>(flags.bundle_dir));
+  std::unique_ptr<agent::UpdateSource> source;
+  std::unique_ptr<agent::HubLink> hub_link;
+  if (!flags.bundle_url.empty()) {
+    agent::FetchOptions fetch;
+    fetch.ca_file = flags.ca_file;
+    fetch.max_retries = flags.download_retries;
+    fetch.backoff_base = Millis(flags.download_backoff);
+    fetch.backoff_max = Millis(flags.download_backoff_max);
+    fetch.low_speed_time = std::chrono::seconds(
+        std::max<int64_t>(1, static_cast<int64_t>(flags.download_stall_timeout + 0.5)));
+    fetch.cancelled = [] { return g_stopping.load(); };
+    source = std::make_unique<agent::HttpBundleSource>(flags.bundle_url, flags.bundle_sha256,
+                                                       flags.bundle_size, std::move(fetch));
+  } else if (agent::HubConfigured(flags.state_dir, flags.bootstrap)) {
+    agent::HubLinkOptions link_options;
+    link_options.state_dir = flags.state_dir;
+    link_options.bootstrap_file = flags.bootstrap;
+    link_options.long_poll =
+        std::chrono::seconds(std::max<int64_t>(0, static_cast<int64_t>(flags.hub_wait)));
+    link_options.report_interval = Millis(flags.report_interval);
+    link_options.telemetry_interval = Millis(flags.telemetry_interval);
+    link_options.fetch.max_retries = flags.download_retries;
+    link_options.fetch.backoff_base = Millis(flags.download_backoff);
+    link_options.fetch.backoff_max = Millis(flags.download_backoff_max);
+    link_options.fetch.low_speed_time = std::chrono::seconds(
+        std::max<int64_t>(1, static_cast<int64_t>(flags.download_stall_timeout + 0.5)));
+    link_options.fetch.cancelled = [] { return g_stopping.load(); };
+    link_options.stopping = [] { return g_stopping.load(); };
+    InstallStopHandlers();
+    auto started =
+        agent::HubLink::Start(std::move(link_options), agent::DeviceFactsJson(options.facts));
+    if (!started.ok()) {
+      if (absl::IsCancelled(started.status())) return 0;
+      spdlog::error("{}", outpost::MessageOf(started.status()));
+      return 1;
+    }
+    hub_link = *std::move(started);
+    source = hub_link->TakeSource();
+  } else {
+    source = std::make_unique<agent::LocalFolderSource>(flags.bundle_dir);
+  }
+  auto updater = agent::Updater::Create(std::move(options), std::move(source));
   if (!updater.ok()) {
     spdlog::error("{}", outpost::MessageOf(updater.status()));
     return 1;
   }
   g_updater.store(updater->get());
-  struct sigaction action = {};
-  action.sa_handler = OnStopSignal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  InstallStopHandlers();
   absl::Status status = (*updater)->Run(flags.exit_when_idle);
   g_updater.store(nullptr);
+  if (hub_link) hub_link->Stop();  // ships the last transitions
   if (!status.ok()) {
     spdlog::error("{}", outpost::MessageOf(status));
     return 1;
@@ -122,15 +187,64 @@ int main(int argc, char** argv) {
   CLI::App* run = app.add_subcommand(
       "run",
       "Keep this device's release up to date: resume any interrupted install, supervise "
-      "outpost-serve on the current slot, and install signed bundles found in --bundle-dir");
+      "outpost-serve on the current slot, and install signed bundles found in --bundle-dir "
+      "(or the one at --bundle-url)");
   RunFlags run_flags;
   run->add_option("--state-dir", run_flags.state_dir,
                   "State directory (slots, current, state.json)")
       ->required();
   run->add_option("--trust-dir", run_flags.trust_dir, "Directory of trusted *.pub signing keys")
       ->required();
-  run->add_option("--bundle-dir", run_flags.bundle_dir, "Folder watched for *.tar.zst bundles")
-      ->required();
+  CLI::Option* bundle_dir =
+      run->add_option("--bundle-dir", run_flags.bundle_dir, "Folder watched for *.tar.zst bundles");
+  CLI::Option* bundle_url = run->add_option(
+      "--bundle-url", run_flags.bundle_url,
+      "Install the bundle at this http(s) URL instead (resumable download; needs --bundle-sha256 "
+      "and --bundle-size)");
+  CLI::Option* bundle_sha256 = run->add_option("--bundle-sha256", run_flags.bundle_sha256,
+                                               "SHA-256 of the bundle at --bundle-url (64 hex)");
+  CLI::Option* bundle_size =
+      run->add_option("--bundle-size", run_flags.bundle_size, "Size in bytes of that bundle");
+  bundle_dir->excludes(bundle_url);
+  bundle_url->needs(bundle_sha256)->needs(bundle_size);
+  bundle_sha256->needs(bundle_url);
+  bundle_size->needs(bundle_url);
+  run->add_option("--ca-file", run_flags.ca_file,
+                  "PEM file of the CAs trusted for --bundle-url instead of the system store")
+      ->needs(bundle_url);
+  run->add_option("--download-retries", run_flags.download_retries,
+                  "Retries of a failed or cut download (each resumes where it stopped)")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
+  run->add_option("--download-backoff", run_flags.download_backoff,
+                  "Seconds: base of the jittered exponential backoff between download retries")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  run->add_option("--download-backoff-max", run_flags.download_backoff_max,
+                  "Seconds: cap of that backoff")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  run->add_option("--download-stall-timeout", run_flags.download_stall_timeout,
+                  "Seconds below 1 KiB/s before a download attempt is abandoned and retried")
+      ->check(CLI::Range(1.0, 86400.0))
+      ->capture_default_str();
+  CLI::Option* bootstrap = run->add_option(
+      "--bootstrap", run_flags.bootstrap,
+      "Bootstrap file from the hub (hub URL, token, CA): enrol and take releases from the hub "
+      "(later starts need no flag: the credential is kept in the state directory)");
+  bootstrap->excludes(bundle_dir)->excludes(bundle_url);
+  run->add_option("--hub-wait", run_flags.hub_wait,
+                  "Seconds the hub may hold a desired-state poll (long poll)")
+      ->check(CLI::Range(0.0, 60.0))
+      ->capture_default_str();
+  run->add_option("--report-interval", run_flags.report_interval,
+                  "Seconds between status reports to the hub")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  run->add_option("--telemetry-interval", run_flags.telemetry_interval,
+                  "Seconds between heartbeats (runtime and device health) to the hub")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
   run->add_option("--serve-binary", run_flags.serve_binary,
                   "outpost-serve to run when a bundle ships no runtime/outpost-serve");
   run->add_option("--ready-timeout", run_flags.ready_timeout,
@@ -177,7 +291,24 @@ int main(int argc, char** argv) {
     std::printf("outpost-agent %s\n", OUTPOST_VERSION);
     return 0;
   }
-  if (run->parsed()) return RunAgent(run_flags);
+  if (run->parsed()) {
+    const bool hub = outpost::agent::HubConfigured(run_flags.state_dir, run_flags.bootstrap);
+    if (run_flags.bundle_dir.empty() && run_flags.bundle_url.empty() && !hub) {
+      std::fprintf(stderr,
+                   "run: give --bootstrap (hub), --bundle-dir or --bundle-url as the source of "
+                   "releases\n");
+      return 2;
+    }
+    if (!run_flags.bundle_dir.empty() && !run_flags.bundle_url.empty()) {
+      std::fprintf(stderr, "run: give only one of --bundle-dir and --bundle-url\n");
+      return 2;
+    }
+    if (!run_flags.bundle_url.empty() && !IsSha256Hex(run_flags.bundle_sha256)) {
+      std::fprintf(stderr, "run: --bundle-sha256 must be 64 lowercase hex characters\n");
+      return 2;
+    }
+    return RunAgent(run_flags);
+  }
   if (status->parsed()) {
     auto text = outpost::ReadFile(std::filesystem::path(status_dir) / "state.json");
     if (!text.ok()) {
