@@ -15,7 +15,7 @@ Layout written (a model repository):
   DIR/tiny/1/model.onnx         MLP 64 -> 128 -> 10, FP32[-1, 64]
   DIR/heavy/1/model.onnx        20 x MatMul 256x256, FP32[-1, 256] (slow on purpose)
   DIR/fixed/1/model.onnx        y = x * 3      x: FP32[2, 2] (no batch dimension)
-  DIR/add_one_slow/1/model.onnx y = x + 2, plus ~1 ms of MatMuls whose result is
+  DIR/add_one_slow/1/model.onnx y = x + 2, plus milliseconds of MatMuls whose result is
                                 multiplied by 0 (a release that passes its
                                 self-tests but is much slower: rollout gates)
   DIR/<arch>/1/model.onnx       torchvision architecture, input FP32[-1, 3, 224, 224]
@@ -94,21 +94,21 @@ def fixed():
                                         "fixed", [x], [y], [c]))
 
 
-def add_slow(rng, value, layers=40):
+def add_slow(rng, value, layers=200):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    # One weight shared by every MatMul: milliseconds of compute, a small file.
+    w = numpy_helper.from_array((rng.standard_normal((256, 256)) / 16.0).astype(np.float32), "w")
     inits = [numpy_helper.from_array(np.array([value], dtype=np.float32), "c"),
              numpy_helper.from_array(np.array([1, 64], dtype=np.int64), "repeats"),
-             numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero")]
+             numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"), w]
     nodes = [helper.make_node("Tile", ["x", "repeats"], ["h0"])]
     for i in range(layers):
-        w = numpy_helper.from_array(
-            (rng.standard_normal((256, 256)) / 16.0).astype(np.float32), f"w{i}")
-        inits.append(w)
-        nodes.append(helper.make_node("MatMul", [f"h{i}", w.name], [f"h{i + 1}"]))
-    # tanh keeps the dead branch finite, so 0 * it is exactly 0.
-    nodes += [helper.make_node("Tanh", [f"h{layers}"], ["t"]),
-              helper.make_node("ReduceMean", ["t"], ["s"], axes=[1], keepdims=1),
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"m{i}"]))
+        # tanh keeps every step bounded, so the dead branch stays finite and
+        # 0 * it is exactly 0.
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
+    nodes += [helper.make_node("ReduceMean", [f"h{layers}"], ["s"], axes=[1], keepdims=1),
               helper.make_node("Mul", ["s", "zero"], ["dead"]),
               helper.make_node("Add", ["x", "c"], ["sum"]),
               helper.make_node("Add", ["sum", "dead"], ["y"])]

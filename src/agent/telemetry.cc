@@ -16,6 +16,8 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
+constexpr double kMinRequestsForLatency = 10;
+
 std::string_view TrimLeft(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   return s;
@@ -149,9 +151,6 @@ json TelemetryCollector::Collect(int64_t now_ms, int64_t clock_offset_ms) {
   out.push_back(Sample("runtime_up", runtime ? 1 : 0, now_ms));
   if (runtime) {
     const double elapsed_s = last_time_ms_ > 0 ? (now_ms - last_time_ms_) / 1000.0 : 0;
-    if (runtime->p50_ms) out.push_back(Sample("latency_p50_ms", *runtime->p50_ms, now_ms));
-    if (runtime->p95_ms) out.push_back(Sample("latency_p95_ms", *runtime->p95_ms, now_ms));
-    if (runtime->p99_ms) out.push_back(Sample("latency_p99_ms", *runtime->p99_ms, now_ms));
     out.push_back(Sample("inferences_per_second", runtime->inferences_per_second, now_ms));
     if (runtime->last_inference_unix > 0) {
       out.push_back(Sample("last_inference_age_s",
@@ -164,8 +163,17 @@ json TelemetryCollector::Collect(int64_t now_ms, int64_t clock_offset_ms) {
         runtime->requests_failure >= last_runtime_->requests_failure) {
       double ok = runtime->requests_success - last_runtime_->requests_success;
       double failed = runtime->requests_failure - last_runtime_->requests_failure;
+      out.push_back(Sample("requests", ok + failed, now_ms));
       out.push_back(Sample("request_rate", (ok + failed) / elapsed_s, now_ms));
       out.push_back(Sample("error_rate", ok + failed > 0 ? failed / (ok + failed) : 0, now_ms));
+      // Quantiles of a handful of requests (self-tests, the first calls
+      // after a start) say nothing about the model's speed; rollout gates
+      // compare these, so they are sent only for a real workload.
+      if (ok + failed >= kMinRequestsForLatency) {
+        if (runtime->p50_ms) out.push_back(Sample("latency_p50_ms", *runtime->p50_ms, now_ms));
+        if (runtime->p95_ms) out.push_back(Sample("latency_p95_ms", *runtime->p95_ms, now_ms));
+        if (runtime->p99_ms) out.push_back(Sample("latency_p99_ms", *runtime->p99_ms, now_ms));
+      }
     }
     for (const auto& [model, version] : runtime->model_versions) {
       out.push_back(Sample("model_loaded", 1, now_ms, {{"model", model}, {"version", version}}));

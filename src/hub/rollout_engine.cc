@@ -77,6 +77,7 @@ absl::StatusOr<RolloutPlan> ParseRolloutPlan(const json& j) {
   RETURN_IF_ERROR(non_negative(gates, "max_failures", &plan.max_failures));
   RETURN_IF_ERROR(non_negative(gates, "max_failure_rate", &plan.max_failure_rate));
   RETURN_IF_ERROR(non_negative(gates, "p95_regression_pct", &plan.p95_regression_pct));
+  RETURN_IF_ERROR(non_negative(gates, "p95_min_delta_ms", &plan.p95_min_delta_ms));
   RETURN_IF_ERROR(non_negative(gates, "max_error_rate", &plan.max_error_rate));
   RETURN_IF_ERROR(non_negative(gates, "min_samples", &plan.min_samples));
   return plan;
@@ -90,6 +91,7 @@ json PlanJson(const RolloutPlan& plan) {
            {{"max_failures", plan.max_failures},
             {"max_failure_rate", plan.max_failure_rate},
             {"p95_regression_pct", plan.p95_regression_pct},
+            {"p95_min_delta_ms", plan.p95_min_delta_ms},
             {"max_error_rate", plan.max_error_rate},
             {"min_samples", plan.min_samples}}}};
 }
@@ -299,7 +301,8 @@ absl::Status RolloutEngine::Step(int64_t id) {
           measured.baseline_p95_ms && *measured.baseline_p95_ms > 0) {
         double regression = 100.0 * (*measured.wave_p95_ms / *measured.baseline_p95_ms - 1.0);
         gates["p95_regression_pct"] = regression;
-        if (regression > plan.p95_regression_pct) {
+        const double delta = *measured.wave_p95_ms - *measured.baseline_p95_ms;
+        if (regression > plan.p95_regression_pct && delta >= plan.p95_min_delta_ms) {
           breach = StrCat("p95 latency regression: ", static_cast<int64_t>(regression), "% (wave ",
                           *measured.wave_p95_ms, " ms vs baseline ", *measured.baseline_p95_ms,
                           " ms; gate: ", plan.p95_regression_pct, "%)");

@@ -8,7 +8,8 @@
 //    "soak_s": 60,                  after a wave's last commit
 //    "deadline_s": 900,             a device not committed by then has failed
 //    "gates": {"max_failures": 0, "max_failure_rate": 0.0,
-//              "p95_regression_pct": 50, "max_error_rate": 0.05, "min_samples": 2}}
+//              "p95_regression_pct": 50, "p95_min_delta_ms": 1.0,
+//              "max_error_rate": 0.05, "min_samples": 2}}
 // Measured values and decisions go to Rollout::gates_json:
 //   {"previous": {"<device>": "<release or empty>"}, "failures": N,
 //    "halt_reason": "...", "history": [{"time": ms, "event": "..."}]}
@@ -44,6 +45,8 @@ struct RolloutPlan {
   // against the same devices' p95 before the rollout began (or, without
   // that, the rest of the fleet's recent p95). 0 turns a gate off.
   double p95_regression_pct = 50;
+  // ... and by at least this much: sub-millisecond jitter is not a regression.
+  double p95_min_delta_ms = 1.0;
   double max_error_rate = 0.05;
   int64_t min_samples = 2;  // post-commit samples before a telemetry gate judges
 };

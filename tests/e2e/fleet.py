@@ -293,7 +293,7 @@ class Device:
 class Load(threading.Thread):
     """Steady inference traffic on every device, so latency gates have data."""
 
-    def __init__(self, devices, interval=0.02):
+    def __init__(self, devices, interval=0.005):
         super().__init__(daemon=True)
         self.devices = devices
         self.interval = interval

@@ -41,7 +41,7 @@ class FleetTest(unittest.TestCase):
         db_url = ""
         if os.environ.get("FLEET_DB") == "postgres":
             import pgserver
-            cls.pg = pgserver.PostgresServer(os.path.join(root, "pg"))
+            cls.pg = pgserver.PostgresServer()
             db_url = cls.pg.start()
         cls.hub = fleet.Hub(cls.bins, root, db_url=db_url)
         cls.hub.create_admin_token()
@@ -116,7 +116,8 @@ class FleetTest(unittest.TestCase):
     def assert_serving(self, device, release, answer):
         fleet.wait_for(lambda: device.agent_state()["committed"]["release"] == release, 60,
                        f"{device.id} committed {release}")
-        self.assertEqual(device.infer(), answer, device.id)
+        # The runtime on the restored slot may still be starting.
+        fleet.wait_for(lambda: device.infer() == answer, 30, f"{device.id} to answer {answer}")
         fleet.wait_for(lambda: self.hub.device(device.id)["current_release"] == release, 20,
                        f"the hub to know {device.id} runs {release}")
 
