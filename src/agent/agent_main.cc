@@ -44,9 +44,9 @@ struct RunFlags {
   std::string bundle_dir;
   std::string bundle_url;
   std::string bootstrap;
-  double hub_wait = 30;
+  double hub_wait = 120;
   double report_interval = 10;
-  double telemetry_interval = 60;
+  double telemetry_interval = 300;
   std::string bundle_sha256;
   uint64_t bundle_size = 0;
   std::string ca_file;
@@ -235,7 +235,7 @@ int main(int argc, char** argv) {
   bootstrap->excludes(bundle_dir)->excludes(bundle_url);
   run->add_option("--hub-wait", run_flags.hub_wait,
                   "Seconds the hub may hold a desired-state poll (long poll)")
-      ->check(CLI::Range(0.0, 60.0))
+      ->check(CLI::Range(0.0, 300.0))
       ->capture_default_str();
   run->add_option("--report-interval", run_flags.report_interval,
                   "Seconds between status reports to the hub")

@@ -1,6 +1,7 @@
 #include "agent/hub_client.h"
 
 #include <spdlog/spdlog.h>
+#include <zstd.h>
 
 #include <fstream>
 #include <sstream>
@@ -260,7 +261,7 @@ StatusReporter::StatusReporter(fs::path state_dir, std::unique_ptr<HubClient> cl
   }
 }
 
-absl::Status StatusReporter::ReportOnce() {
+absl::Status StatusReporter::ReportOnce(bool force) {
   // Oldest first: the rotated history, then the live one. A torn last line
   // (power cut while appending) does not parse and is skipped.
   std::vector<json> pending;
@@ -283,6 +284,11 @@ absl::Status StatusReporter::ReportOnce() {
     if (state.is_discarded()) state = json::object();
     state.erase("handled");  // device-local bookkeeping
   }
+  // Nothing new and no download moving: the desired-state poll already
+  // tells the hub the device is alive, so an idle device sends nothing here.
+  const uint64_t done = progress_->bytes_done.load();
+  if (pending.empty() && done == last_progress_reported_ && !force) return absl::OkStatus();
+  last_progress_reported_ = done;
   size_t sent = 0;
   do {
     size_t count = std::min(kMaxEventsPerReport, pending.size() - sent);

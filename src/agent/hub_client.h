@@ -97,6 +97,8 @@ class HubClient {
   // POSTs a JSON body to a device API path ("/status", "/telemetry") and
   // returns the hub's JSON answer. Errors as GetDesired, InvalidArgument
   // when the hub refuses the body.
+  // Bodies over 512 bytes travel zstd-compressed (Content-Encoding: zstd):
+  // telemetry is most of an idle device's traffic.
   absl::StatusOr<nlohmann::json> Post(std::string_view path, const nlohmann::json& body);
 
   // Hub clock minus device clock in milliseconds, from the last exchange
@@ -148,9 +150,11 @@ class StatusReporter {
  public:
   StatusReporter(std::filesystem::path state_dir, std::unique_ptr<HubClient> client,
                  std::shared_ptr<DownloadProgress> progress);
-  // One report: sends what is pending (at least a heartbeat of the current
-  // state). Errors as HubClient::Post; nothing is lost on error.
-  absl::Status ReportOnce();
+  // One report: sends the transitions not yet acknowledged, with the
+  // current state and download progress. Sends nothing when there is no
+  // new transition and the download progress did not move, unless
+  // `force`. Errors as HubClient::Post; nothing is lost on error.
+  absl::Status ReportOnce(bool force = false);
   uint64_t acknowledged_seq() const { return acknowledged_; }
   HubClient& client() { return *client_; }
 
@@ -159,6 +163,7 @@ class StatusReporter {
   std::unique_ptr<HubClient> client_;
   std::shared_ptr<DownloadProgress> progress_;
   uint64_t acknowledged_ = 0;
+  uint64_t last_progress_reported_ = 0;
 };
 
 }  // namespace outpost::agent

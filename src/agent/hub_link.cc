@@ -134,8 +134,10 @@ void HubLink::ReporterLoop() {
       last_error = text;
     }
   };
+  bool first = true;  // after a start the hub hears the state at once
   while (true) {
-    absl::Status reported = reporter.ReportOnce();
+    absl::Status reported = reporter.ReportOnce(first);
+    if (reported.ok()) first = false;
     if (!reported.ok()) {
       report_error(reported);
     } else if (!last_error.empty()) {

@@ -50,12 +50,12 @@ struct HubOptions {
 
   int worker_threads = 8;
   // Longest a desired-state poll is held (a device's `wait` is capped).
-  std::chrono::seconds max_long_poll{60};
+  std::chrono::seconds max_long_poll{120};
   // How often parked polls are re-evaluated against the database (changes
   // made by other hub replicas).
   std::chrono::milliseconds long_poll_recheck{5000};
   // Poll interval suggested to devices.
-  std::chrono::seconds device_poll_interval{30};
+  std::chrono::seconds device_poll_interval{120};
   // Rollout engine period.
   std::chrono::milliseconds rollout_tick{1000};
   // Largest release bundle accepted by a push.

@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   hub::HubOptions options;
   std::string data, db, port_file, listen = "127.0.0.1";
   int port = 7443;
-  double poll_interval = 30, rollout_tick = 1, recheck = 5;
+  double poll_interval = 120, rollout_tick = 1, recheck = 5;
   CLI::App* serve = app.add_subcommand("serve", "Run the hub");
   serve->add_option("--data", data, "Data directory (SQLite database, blobs, TLS, keys)")
       ->required();

@@ -1,5 +1,7 @@
 #include "hub/router.h"
 
+#include <zstd.h>
+
 #include <cctype>
 
 namespace outpost::hub {
