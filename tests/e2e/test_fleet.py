@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import shutil
+import subprocess
 import tempfile
 import time
 import unittest
@@ -134,6 +135,17 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(final["counts"], {"committed": DEVICES})
         for d in self.devices:
             self.assert_serving(d, "r1", ANSWER[1])
+        self.check_fleet_metrics()
+
+    def check_fleet_metrics(self):
+        status, text = self.hub.api("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn(f'outpost_hub_devices_by_release{{release="r1"}} {DEVICES}', text)
+        promtool = shutil.which("promtool")
+        if promtool:  # Debian's prometheus package (scripts/deps.sh)
+            check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                                   capture_output=True)
+            self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
     def test_2_failing_selftest_stops_at_the_canary(self):
         self.hub.push(self.releases.paths["r2-bad-selftest"])
