@@ -84,6 +84,18 @@ int RunAgent(const RunFlags& flags) {
   options.serve_binary = flags.serve_binary;
   options.facts.arch = outpost::bundle::HostArch();
   options.facts.accelerators = {"cpu"};
+  {
+    // A GPU that answers now is a fact the hub and bundle targets use; one
+    // that appears later is picked up at the next start (gpu-wait gates
+    // services that need it).
+    agent::GpuProber prober;
+    agent::GpuStatus gpu = prober.Probe();
+    if (gpu.ready) {
+      options.facts.accelerators.push_back("cuda");
+      spdlog::info("gpu: {} device(s) via {} (driver {})", gpu.devices.size(), gpu.source,
+                   gpu.driver_version);
+    }
+  }
   options.facts.agent_version = OUTPOST_VERSION;
   options.ready_timeout = Millis(flags.ready_timeout);
   options.self_test_timeout = Millis(flags.self_test_timeout);

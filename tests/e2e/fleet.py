@@ -231,17 +231,20 @@ class Device:
         self.proc = None
         self.hub = hub
         self.expect_running = False
+        self.env = {}  # extra environment (a stand-in GPU driver)
 
     def start(self):
         self.expect_running = True
         log = open(self.log_path, "ab")
+        env = dict(os.environ)
+        env.update(self.env)
         self.proc = subprocess.Popen(
             [self.bins.agent, "run", "--state-dir", self.state, "--trust-dir", self.trust,
              "--serve-binary", self.bins.serve, "--bootstrap", self.bootstrap,
              "--soak", "1", "--ready-timeout", "30", "--self-test-timeout", "10",
              "--poll-interval", "0.5", "--hub-wait", "5", "--report-interval", "0.5",
              "--telemetry-interval", "1", "--stop-grace", "5"],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
     def stop(self):

@@ -61,6 +61,9 @@ class FleetTest(unittest.TestCase):
             hub = cls.hubs[i % len(cls.hubs)]
             d = fleet.Device(cls.bins, root, f"dev-{i}", hub)
             shutil.copy(cls.releases.public_key, d.trust)  # the golden image's release key
+            if i == DEVICES - 1 and os.environ.get("OUTPOST_FAKE_NVML"):
+                # A GPU box: the stand-in NVML library the GPU unit tests use.
+                d.env = {"OUTPOST_NVML_LIBRARY": os.environ["OUTPOST_FAKE_NVML"]}
             hub.bootstrap_file(d.bootstrap, d.id)
             d.start()
             cls.devices.append(d)
@@ -136,6 +139,15 @@ class FleetTest(unittest.TestCase):
         for d in self.devices:
             self.assert_serving(d, "r1", ANSWER[1])
         self.check_fleet_metrics()
+
+    def test_0_inventory_has_the_devices_facts(self):
+        for i, d in enumerate(self.devices):
+            facts = self.hub.device(d.id)["facts"]
+            self.assertTrue(facts["agent_version"])
+            self.assertIn("cpu", facts["accelerators"])
+            gpu = bool(d.env)
+            self.assertEqual("cuda" in facts["accelerators"], gpu, (d.id, facts))
+            self.assertTrue(facts["arch"])
 
     def check_fleet_metrics(self):
         status, text = self.hub.api("GET", "/metrics")
