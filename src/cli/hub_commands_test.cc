@@ -577,7 +577,7 @@ TEST_F(HubCommandsTest, WatchedRolloutThatHaltsExitsOneWithTheReason) {
   Result start = Run({"rollout", "start", "r1", "--waves", "1,100%", "--soak", "0", "--json"});
   ASSERT_EQ(start.code, 0) << start;
   int64_t id = start.Json()["id"];
-  EXPECT_EQ(start.Json()["devices"], 2);
+  EXPECT_EQ(start.Json()["device_count"], 2);
 
   auto watch = std::async(std::launch::async, [&] {
     return Run({"rollout", "status", StrCat(id), "--watch", "--interval", "0.1"});

@@ -262,7 +262,7 @@ absl::Status StartRollout(const StartArgs& a, Context& c) {
   }
   if (!c.json_output) {
     c.out << "rollout " << id << " of " << Text(created, "release")
-          << " started: " << Int(created, "devices") << " device(s), waves "
+          << " started: " << Int(created, "device_count") << " device(s), waves "
           << WavesText(Array(Object(created, "plan"), "waves")) << "\n";
   }
   if (a.watch) return WatchRollout(c, id, a.interval_s);

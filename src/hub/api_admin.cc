@@ -363,6 +363,13 @@ std::optional<std::optional<std::string>> ReleaseField(Call& call) {
 void PinDeviceRoute(HubContext& hub, Call& call) {
   std::optional<std::optional<std::string>> release = ReleaseField(call);
   if (!release) return;
+  if (*release) {
+    absl::StatusOr<Release> r = hub.store().GetRelease(**release);
+    if (!r.ok()) return call.Fail(r.status());
+    if (r->yanked) {
+      return call.Fail(http::Status::conflict, StrCat("release '", r->id, "' is yanked"));
+    }
+  }
   absl::Status status = hub.store().PinDevice(
       call.params["id"], *release ? std::optional<std::string_view>(**release) : std::nullopt);
   if (!status.ok()) return call.Fail(status);
@@ -487,7 +494,15 @@ void PutLayer(HubContext& hub, Call& call) {
 void DeleteLayer(HubContext& hub, Call& call) {
   auto params = LayerParams(call);
   if (!params) return;
-  absl::Status status = hub.store().DeleteConfigLayer(params->first, params->second, std::nullopt);
+  std::optional<int64_t> expected;
+  if (std::string text = call.Query("expected_version"); !text.empty()) {
+    int64_t version = 0;
+    if (std::from_chars(text.data(), text.data() + text.size(), version).ec != std::errc()) {
+      return call.Fail(http::Status::bad_request, "query 'expected_version': a number");
+    }
+    expected = version;
+  }
+  absl::Status status = hub.store().DeleteConfigLayer(params->first, params->second, expected);
   if (!status.ok()) return call.Fail(status);
   hub.AllDesiredChanged();
   call.Reply(http::Status::ok, {{"deleted", true}});
@@ -536,14 +551,16 @@ void CreateRolloutRoute(HubContext& hub, Call& call) {
   rollout.release_id = release_id;
   rollout.selector_json = selector.dump();
   rollout.waves_json = PlanJson(*plan).dump();
-  rollout.gates_json = json{{"previous", previous}, {"history", json::array()}}.dump();
+  rollout.gates_json =
+      json{{"previous", previous}, {"failures", 0}, {"offered", 0}, {"history", json::array()}}
+          .dump();
   absl::StatusOr<Rollout> created =
       hub.store().CreateRollout(rollout, AssignWaves(ids, *plan), call.now);
   if (!created.ok()) return call.Fail(created.status());
   spdlog::info("hub: rollout {} of {} to {} device(s) created by {}", created->id, release_id,
                ids.size(), call.token->name);
   json out = RolloutJson(*created);
-  out["devices"] = static_cast<int64_t>(ids.size());
+  out["device_count"] = static_cast<int64_t>(ids.size());
   call.Reply(http::Status::created, out);
 }
 

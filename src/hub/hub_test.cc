@@ -227,6 +227,11 @@ TEST_F(HubTest, ReleasePushVerifiesSignaturesAndArtifactsServeRanges) {
   EXPECT_EQ(release["sequence"], 5);
   EXPECT_EQ(release["key_id"], "release-key");
   EXPECT_NE(Push(Bundle("r-old", 4, &key_.private_key), 409).find("downgrade"), std::string::npos);
+  Enroll("cam-9");
+  ASSERT_EQ(Call(admin_, "POST", "/api/v1/admin/releases/r1/yank").status, 200);
+  EXPECT_EQ(Call(admin_, "POST", "/api/v1/admin/devices/cam-9/pin", json{{"release", "r1"}}.dump())
+                .status,
+            409);
   EXPECT_EQ(Call(admin_, "GET", "/api/v1/admin/releases/r1").status, 200);
 
   std::string device = Enroll("cam-1");
@@ -282,6 +287,11 @@ TEST_F(HubTest, ConfigurationLayersMergeWithProvenance) {
   EXPECT_EQ(effective["config"]["threshold"], 0.5);
   EXPECT_EQ(effective["sources"]["camera"]["fps"], "site:berlin");
   EXPECT_EQ(effective["sources"]["camera"]["width"], "fleet");
+  // Compare-and-swap delete: a stale version is refused.
+  EXPECT_EQ(Call(admin_, "DELETE", "/api/v1/admin/config/site/berlin?expected_version=7").status,
+            409);
+  EXPECT_EQ(Call(admin_, "DELETE", "/api/v1/admin/config/site/berlin?expected_version=1").status,
+            200);
 }
 
 TEST_F(HubTest, RolloutGoesWaveByWaveAndHaltsOnAFailedCanary) {

@@ -104,7 +104,9 @@ void Call::Fail(const absl::Status& status) {
 }
 
 void Call::Fail(http::Status status, std::string_view message) {
-  responder.Send(http::ErrorResponse(request, status, message));
+  http::Response response = http::ErrorResponse(request, status, message);
+  response.set("X-Outpost-Hub-Time", StrCat(now));
+  responder.Send(std::move(response));
 }
 
 std::optional<nlohmann::json> Call::JsonBody() {
