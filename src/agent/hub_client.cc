@@ -3,6 +3,9 @@
 #include <spdlog/spdlog.h>
 #include <zstd.h>
 
+#include <cctype>
+#include <charconv>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 
@@ -190,6 +193,12 @@ absl::StatusOr<std::optional<DesiredState>> HubClient::GetDesired(std::chrono::s
       release.size = r.at("size").get<uint64_t>();
       release.url = r.at("url").get<std::string>();
       if (release.url.starts_with("/")) release.url = connection_.hub_url + release.url;
+      if (r.contains("install_window") && r["install_window"].is_object()) {
+        std::string start = r["install_window"].value("start", "");
+        std::string end = r["install_window"].value("end", "");
+        std::optional<int> s = ParseTimeOfDay(start), e = ParseTimeOfDay(end);
+        if (s && e) release.window = InstallWindow{*s, *e, StrCat(start, "-", end)};
+      }
       desired.release = std::move(release);
     }
   } catch (const json::exception& e) {
@@ -213,12 +222,52 @@ absl::StatusOr<json> HubClient::Post(std::string_view path, const json& body) {
   return answer;
 }
 
+std::optional<int> ParseTimeOfDay(std::string_view text) {
+  // "HH:MM" or "HH:MM:SS", two digits each.
+  if (text.size() != 5 && text.size() != 8) return std::nullopt;
+  int parts[3] = {0, 0, 0};
+  for (size_t i = 0; i * 3 < text.size(); ++i) {
+    if (i > 0 && text[i * 3 - 1] != ':') return std::nullopt;
+    const char* p = text.data() + i * 3;
+    if (std::from_chars(p, p + 2, parts[i]).ec != std::errc() || !std::isdigit(p[0]) ||
+        !std::isdigit(p[1])) {
+      return std::nullopt;
+    }
+  }
+  if (parts[0] > 23 || parts[1] > 59 || parts[2] > 59) return std::nullopt;
+  return parts[0] * 3600 + parts[1] * 60 + parts[2];
+}
+
+bool InstallWindow::Contains(int t) const {
+  if (start_s == end_s) return true;  // a full day
+  return start_s < end_s ? (t >= start_s && t < end_s) : (t >= start_s || t < end_s);
+}
+
+namespace {
+int LocalSecondsOfDay() {
+  time_t now = time(nullptr);
+  struct tm local {};
+  localtime_r(&now, &local);
+  return local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec;
+}
+
+// A complete download of the right size and hash is not fetched again.
+bool AlreadyDownloaded(const fs::path& dest, const DesiredRelease& release) {
+  std::error_code ec;
+  if (fs::file_size(dest, ec) != release.size || ec) return false;
+  absl::StatusOr<std::string> sha = Sha256File(dest);
+  return sha.ok() && *sha == release.sha256;
+}
+}  // namespace
+
 HubSource::HubSource(std::unique_ptr<HubClient> client, std::chrono::seconds long_poll,
-                     FetchOptions fetch_options, std::shared_ptr<DownloadProgress> progress)
+                     FetchOptions fetch_options, std::shared_ptr<DownloadProgress> progress,
+                     fs::path downloads_dir)
     : client_(std::move(client)),
       long_poll_(long_poll),
       fetch_options_(std::move(fetch_options)),
-      progress_(std::move(progress)) {
+      progress_(std::move(progress)),
+      downloads_dir_(std::move(downloads_dir)) {
   fetch_options_.ca_file = client_->connection().ca_file.string();
   fetch_options_.bearer_token = client_->connection().token;
   fetch_options_.progress = [progress = progress_](const FetchProgress& p) {
@@ -232,11 +281,29 @@ absl::StatusOr<std::optional<UpdateOffer>> HubSource::Next(
   RETURN_IF_ERROR(client_->GetDesired(long_poll_).status());
   const DesiredState* desired = client_->last_desired();
   if (desired == nullptr || !desired->release) return std::nullopt;
-  std::string id = StrCat("sha256:", desired->release->sha256);
+  const DesiredRelease& release = *desired->release;
+  std::string id = StrCat("sha256:", release.sha256);
   for (const std::string& h : handled) {
     if (h == id) return std::nullopt;
   }
-  return UpdateOffer{id, StrCat(desired->release->name, " from ", client_->connection().hub_url)};
+  UpdateOffer offer{id, StrCat(release.name, " from ", client_->connection().hub_url)};
+  if (release.window && !release.window->Contains(LocalSecondsOfDay())) {
+    // Outside the maintenance window: download now, install later.
+    fs::path dest = BundleDownloadPath(downloads_dir_, offer);
+    if (!AlreadyDownloaded(dest, release)) {
+      progress_->bytes_done.store(0);
+      progress_->bytes_total.store(release.size);
+      RETURN_IF_ERROR(
+          agent::Fetch(release.url, dest, release.sha256, release.size, fetch_options_).status());
+    }
+    if (waiting_logged_ != id) {
+      spdlog::info("hub: {} downloaded; installing inside its maintenance window {} (local time)",
+                   release.name, release.window->text);
+      waiting_logged_ = id;
+    }
+    return std::nullopt;
+  }
+  return offer;
 }
 
 absl::Status HubSource::Fetch(const UpdateOffer& offer, const fs::path& dest) {
@@ -247,6 +314,7 @@ absl::Status HubSource::Fetch(const UpdateOffer& offer, const fs::path& dest) {
         StrCat("the hub no longer wants ", offer.description, " on this device"));
   }
   const DesiredRelease& release = *desired->release;
+  if (AlreadyDownloaded(dest, release)) return absl::OkStatus();
   progress_->bytes_done.store(0);
   progress_->bytes_total.store(release.size);
   return agent::Fetch(release.url, dest, release.sha256, release.size, fetch_options_).status();

@@ -67,12 +67,26 @@ absl::StatusOr<HubConnection> EnsureEnrolled(const std::filesystem::path& state_
                                              const std::filesystem::path& bootstrap_file,
                                              const nlohmann::json& facts);
 
+// A daily maintenance window in the device's local time, seconds since
+// local midnight; end < start wraps past midnight ("22:00" to "04:00").
+struct InstallWindow {
+  int start_s = 0;
+  int end_s = 0;
+  std::string text;  // "02:00-04:00" for logs
+  // Whether `seconds_of_day` (local) falls inside the window.
+  bool Contains(int seconds_of_day) const;
+};
+// "HH:MM" or "HH:MM:SS" -> seconds since midnight; nullopt when malformed.
+std::optional<int> ParseTimeOfDay(std::string_view text);
+
 struct DesiredRelease {
   std::string name;
   uint64_t sequence = 0;
   std::string sha256;
   uint64_t size = 0;
   std::string url;  // absolute
+  // Install only inside this window (download at once); nullopt: any time.
+  std::optional<InstallWindow> window;
 };
 
 struct DesiredState {
@@ -124,11 +138,16 @@ struct DownloadProgress {
 
 // The hub as an update source: offers the desired release ("sha256:<hex>")
 // unless it was handled; fetches it from the hub's artifact store with
-// Range resume, the pinned CA and the device's token.
+// Range resume, the pinned CA and the device's token. A release with a
+// maintenance window is downloaded at once but offered only inside the
+// window, in the device's local time.
 class HubSource : public UpdateSource {
  public:
+  // `downloads_dir`: where a bundle waiting for its maintenance window is
+  // fetched ahead of time (the updater's downloads folder).
   HubSource(std::unique_ptr<HubClient> client, std::chrono::seconds long_poll,
-            FetchOptions fetch_options, std::shared_ptr<DownloadProgress> progress);
+            FetchOptions fetch_options, std::shared_ptr<DownloadProgress> progress,
+            std::filesystem::path downloads_dir);
   absl::StatusOr<std::optional<UpdateOffer>> Next(const std::vector<std::string>& handled) override;
   absl::Status Fetch(const UpdateOffer& offer, const std::filesystem::path& dest) override;
   bool Authoritative() const override { return true; }
@@ -138,6 +157,8 @@ class HubSource : public UpdateSource {
   const std::chrono::seconds long_poll_;
   FetchOptions fetch_options_;
   std::shared_ptr<DownloadProgress> progress_;
+  const std::filesystem::path downloads_dir_;
+  std::string waiting_logged_;  // offer id whose wait for its window was logged
 };
 
 // Ships <state>/history.jsonl to the hub: every transition line with a seq

@@ -85,7 +85,7 @@ HubLink::HubLink(HubLinkOptions options, HubConnection connection)
   absl::StatusOr<std::unique_ptr<HubClient>> client = HubClient::Create(connection_);
   if (client.ok()) {
     source_ = std::make_unique<HubSource>(*std::move(client), options_.long_poll, options_.fetch,
-                                          progress_);
+                                          progress_, options_.state_dir / "downloads");
   }
   reporter_ = std::thread([this] { ReporterLoop(); });
 }

@@ -243,6 +243,10 @@ absl::Status HttpBundleSource::Fetch(const UpdateOffer& offer, const fs::path& d
   return result.status();
 }
 
+fs::path BundleDownloadPath(const fs::path& downloads_dir, const UpdateOffer& offer) {
+  return downloads_dir / (Sha256::HexOf(offer.id).substr(0, 16) + ".tar.zst");
+}
+
 // --- the updater ---
 
 struct Updater::Runtime {
@@ -618,7 +622,7 @@ absl::StatusOr<InstallResult> Updater::Install(const UpdateOffer& offer) {
                                                " times during installs of this bundle"));
   }
 
-  fs::path dest = store_->downloads_dir() / (Sha256::HexOf(offer.id).substr(0, 16) + ".tar.zst");
+  fs::path dest = BundleDownloadPath(store_->downloads_dir(), offer);
   absl::Status fetched = source_->Fetch(offer, dest);
   // A download cut short by a stop is not a verdict on the bundle: Resume
   // turns `downloading` into idle and the source offers it again (the .part

@@ -151,6 +151,11 @@ class HttpBundleSource : public UpdateSource {
   const FetchOptions options_;
 };
 
+// Where the updater keeps the bundle of `offer` while installing it (a
+// source may fetch it there ahead of time: maintenance windows).
+std::filesystem::path BundleDownloadPath(const std::filesystem::path& downloads_dir,
+                                         const UpdateOffer& offer);
+
 struct UpdaterOptions {
   std::filesystem::path state_dir;
   std::filesystem::path trust_dir;  // *.pub files (bundle::TrustStore)

@@ -296,6 +296,21 @@ absl::StatusOr<DesiredDocument> BuildDesired(HubContext& hub, std::string_view d
                {"size", r.size},
                {"url", StrCat("/api/v1/device/artifacts/", r.bundle_sha256)},
                {"pinned", device.pinned_release.has_value()}};
+    // A maintenance window of the active rollout that assigned it.
+    if (!device.pinned_release) {
+      ASSIGN_OR_RETURN(std::vector<RolloutDevice> memberships,
+                       hub.store().ListDeviceRollouts(device.id));
+      for (const RolloutDevice& m : memberships) {
+        ASSIGN_OR_RETURN(Rollout rollout, hub.store().GetRollout(m.rollout_id));
+        if (rollout.release_id != r.id || !IsActive(rollout.state)) continue;
+        json plan = json::parse(rollout.waves_json, nullptr, false);
+        if (plan.is_object() && plan.contains("maintenance_window") &&
+            plan["maintenance_window"].is_object()) {
+          release["install_window"] = plan["maintenance_window"];
+        }
+        break;
+      }
+    }
   }
   ASSIGN_OR_RETURN(std::vector<ConfigLayer> layers,
                    hub.store().ListConfigLayersFor({device.site, DeviceGroups(device), device.id}));

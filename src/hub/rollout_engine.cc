@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <set>
 
@@ -80,11 +81,36 @@ absl::StatusOr<RolloutPlan> ParseRolloutPlan(const json& j) {
   RETURN_IF_ERROR(non_negative(gates, "p95_min_delta_ms", &plan.p95_min_delta_ms));
   RETURN_IF_ERROR(non_negative(gates, "max_error_rate", &plan.max_error_rate));
   RETURN_IF_ERROR(non_negative(gates, "min_samples", &plan.min_samples));
+  if (j.contains("maintenance_window") && !j["maintenance_window"].is_null()) {
+    const json& w = j["maintenance_window"];
+    auto valid = [](const json& v) {
+      if (!v.is_string()) return false;
+      std::string t = v.get<std::string>();
+      if (t.size() != 5 && t.size() != 8) return false;
+      for (size_t i = 0; i < t.size(); ++i) {
+        bool colon = i == 2 || i == 5;
+        if (colon ? t[i] != ':' : !std::isdigit(static_cast<unsigned char>(t[i]))) return false;
+      }
+      return std::stoi(t.substr(0, 2)) < 24 && std::stoi(t.substr(3, 2)) < 60 &&
+             (t.size() == 5 || std::stoi(t.substr(6, 2)) < 60);
+    };
+    if (!w.is_object() || !valid(w.value("start", json())) || !valid(w.value("end", json()))) {
+      return absl::InvalidArgumentError(
+          "field 'maintenance_window': {\"start\": \"HH:MM\", \"end\": \"HH:MM\"} in the "
+          "devices' local time");
+    }
+    plan.window_start = w["start"].get<std::string>();
+    plan.window_end = w["end"].get<std::string>();
+  }
   return plan;
 }
 
 json PlanJson(const RolloutPlan& plan) {
+  json window = plan.window_start.empty()
+                    ? json(nullptr)
+                    : json{{"start", plan.window_start}, {"end", plan.window_end}};
   return {{"waves", plan.waves},
+          {"maintenance_window", window},
           {"soak_s", plan.soak_s},
           {"deadline_s", plan.deadline_s},
           {"gates",

@@ -7,6 +7,7 @@
 //   {"waves": [1, "10%", "100%"],   cumulative device counts or percentages
 //    "soak_s": 60,                  after a wave's last commit
 //    "deadline_s": 900,             a device not committed by then has failed
+//    "maintenance_window": {"start": "02:00", "end": "04:00"},  local time
 //    "gates": {"max_failures": 0, "max_failure_rate": 0.0,
 //              "p95_regression_pct": 50, "p95_min_delta_ms": 1.0,
 //              "max_error_rate": 0.05, "min_samples": 2}}
@@ -49,6 +50,12 @@ struct RolloutPlan {
   double p95_min_delta_ms = 1.0;
   double max_error_rate = 0.05;
   int64_t min_samples = 2;  // post-commit samples before a telemetry gate judges
+  // Devices download at once but install only inside this daily window of
+  // their own local time ("HH:MM" or "HH:MM:SS"; end before start wraps
+  // past midnight). Empty: any time. The deadline still applies: size it
+  // to cover a window.
+  std::string window_start;
+  std::string window_end;
 };
 
 // What the telemetry gates measured for a wave (nullopt = not enough data).

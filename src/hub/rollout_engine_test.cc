@@ -53,6 +53,25 @@ TEST(RolloutPlanTest, DefaultsAndErrorsNameTheField) {
   }
 }
 
+TEST(RolloutPlanTest, MaintenanceWindowIsTwoLocalTimesOfDay) {
+  auto plan =
+      ParseRolloutPlan(json{{"maintenance_window", {{"start", "22:00"}, {"end", "04:30:15"}}}});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->window_start, "22:00");
+  EXPECT_EQ(PlanJson(*plan)["maintenance_window"]["end"], "04:30:15");
+  json stored = PlanJson(*ParseRolloutPlan(json::object()));
+  EXPECT_TRUE(stored["maintenance_window"].is_null());
+  EXPECT_TRUE(ParseRolloutPlan(stored).ok());  // the engine re-reads what it stored
+  EXPECT_TRUE(ParseRolloutPlan(PlanJson(*plan)).ok());
+  for (const json& bad : {json{{"maintenance_window", "02:00-04:00"}},
+                          json{{"maintenance_window", {{"start", "25:00"}, {"end", "04:00"}}}},
+                          json{{"maintenance_window", {{"start", "2:00"}, {"end", "04:00"}}}},
+                          json{{"maintenance_window", {{"start", "02:00"}}}}}) {
+    auto parsed = ParseRolloutPlan(bad);
+    EXPECT_FALSE(parsed.ok()) << bad.dump();
+  }
+}
+
 TEST(RouterTest, MatchesPatternsAndTellsMissingPathFromWrongMethod) {
   Router router;
   router.Add("GET", "/a/{id}/b", Access::kViewer, [](Call&) {});

@@ -47,6 +47,10 @@ def run(cmd, **kw):
     return result.stdout
 
 
+class NotServing(Exception):
+    """A device's runtime answered, but not with a result (e.g. 503 while loading)."""
+
+
 def wait_for(predicate, timeout, what, interval=0.2):
     deadline = time.monotonic() + timeout
     last = None
@@ -55,7 +59,7 @@ def wait_for(predicate, timeout, what, interval=0.2):
             last = predicate()
             if last:
                 return last
-        except (OSError, http.client.HTTPException, ValueError) as e:
+        except (OSError, http.client.HTTPException, ValueError, NotServing) as e:
             last = e
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
@@ -285,7 +289,7 @@ class Device:
         payload = json.loads(response.read())
         conn.close()
         if response.status != 200:
-            raise AssertionError(f"{self.id}: infer answered {response.status}: {payload}")
+            raise NotServing(f"{self.id}: infer answered {response.status}: {payload}")
         return payload["outputs"][0]["data"]
 
     def agent_state(self):
@@ -293,27 +297,50 @@ class Device:
             return json.load(f)
 
 
-class Load(threading.Thread):
-    """Steady inference traffic on every device, so latency gates have data."""
+class Load:
+    """Steady inference traffic on every device (a thread each, keep-alive
+    connections), so latency gates have data even on a loaded machine."""
 
-    def __init__(self, devices, interval=0.005):
-        super().__init__(daemon=True)
+    def __init__(self, devices):
         self.devices = devices
-        self.interval = interval
         self.stopping = threading.Event()
         self.errors = 0
+        self.threads = [threading.Thread(target=self.drive, args=(d,), daemon=True)
+                        for d in devices]
 
-    def run(self):
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def drive(self, device):
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                                       "data": INPUT}]})
+        conn, port = None, None
         while not self.stopping.is_set():
-            for d in self.devices:
-                if d.proc is None or d.proc.poll() is not None:
+            try:
+                if device.proc is None or device.proc.poll() is not None:
+                    time.sleep(0.1)
                     continue
-                try:
-                    d.infer(timeout=2)
-                except (OSError, AssertionError, ValueError, KeyError, http.client.HTTPException):
-                    self.errors += 1
-            time.sleep(self.interval)
+                current = device.serve_port()
+                if conn is None or current != port:
+                    if conn:
+                        conn.close()
+                    port = current
+                    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+                conn.request("POST", "/v2/models/add_one/infer", body=body,
+                             headers={"Content-Type": "application/json"})
+                conn.getresponse().read()
+                time.sleep(0.002)
+            except (OSError, ValueError, KeyError, http.client.HTTPException):
+                self.errors += 1
+                if conn:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+        if conn:
+            conn.close()
 
     def stop(self):
         self.stopping.set()
-        self.join(timeout=10)
+        for t in self.threads:
+            t.join(timeout=10)

@@ -182,7 +182,9 @@ class FleetTest(unittest.TestCase):
         try:
             time.sleep(4)  # baseline telemetry of r1 under load
             self.hub.push(self.releases.paths["r3-slow"])
-            rid = self.hub.rollout("r3-slow", [1, "100%"], soak=60,
+            # A long soak: the gate must halt the canary wave, however
+            # slowly a loaded machine brings in heartbeats.
+            rid = self.hub.rollout("r3-slow", [1, "100%"], soak=300,
                                    gates={"p95_regression_pct": 50, "min_samples": 2})
             final = self.wait_rollout(rid, ("halted", "completed"), 120)
         finally:
@@ -226,6 +228,30 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(final["state"], "completed", final["gates"])
         for d in self.devices:
             self.assert_serving(d, "r5", ANSWER[1])
+
+    def test_6_maintenance_window_downloads_at_once_installs_inside(self):
+        device = self.devices[0]
+        self.releases.build("r6", 60, version=2, expect=2.0)
+        self.hub.push(self.releases.paths["r6"])
+
+        def clock(offset_s):
+            t = time.localtime(time.time() + offset_s)
+            return f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        opens_in = 12
+        rid = self.hub.rollout("r6", ["100%"], soak=1, selector={"devices": [device.id]},
+                               maintenance_window={"start": clock(opens_in),
+                                                   "end": clock(opens_in + 600)})
+        start = time.monotonic()
+        downloads = os.path.join(device.state, "downloads")
+        fleet.wait_for(lambda: any(n.endswith(".tar.zst") for n in os.listdir(downloads)), 10,
+                       "the bundle downloaded ahead of the window")
+        self.assertLess(time.monotonic() - start, opens_in - 2, "downloaded too late to tell")
+        self.assertEqual(device.agent_state()["committed"]["release"], "r5",
+                         "installed before its window opened")
+        final = self.wait_rollout(rid, ("completed", "halted"), 120)
+        self.assertEqual(final["state"], "completed", final["gates"])
+        self.assertGreaterEqual(time.monotonic() - start, opens_in - 2)
+        self.assert_serving(device, "r6", ANSWER[2])
 
 
 if __name__ == "__main__":
