@@ -224,6 +224,9 @@ struct StartArgs {
   int64_t deadline_s = 0;
   int64_t max_failures = 0;
   double max_failure_rate = 0;
+  double p95_regression_pct = 0;
+  double max_error_rate = 0;
+  std::string window;  // "HH:MM-HH:MM", devices' local time
   std::string site;
   std::vector<std::string> labels;
   std::vector<std::string> devices;
@@ -234,6 +237,8 @@ struct StartArgs {
   CLI::Option* deadline_option = nullptr;
   CLI::Option* max_failures_option = nullptr;
   CLI::Option* max_failure_rate_option = nullptr;
+  CLI::Option* p95_option = nullptr;
+  CLI::Option* error_rate_option = nullptr;
 };
 
 absl::Status StartRollout(const StartArgs& a, Context& c) {
@@ -246,7 +251,17 @@ absl::Status StartRollout(const StartArgs& a, Context& c) {
   json gates = json::object();
   if (a.max_failures_option->count() > 0) gates["max_failures"] = a.max_failures;
   if (a.max_failure_rate_option->count() > 0) gates["max_failure_rate"] = a.max_failure_rate;
+  if (a.p95_option->count() > 0) gates["p95_regression_pct"] = a.p95_regression_pct;
+  if (a.error_rate_option->count() > 0) gates["max_error_rate"] = a.max_error_rate;
   if (!gates.empty()) body["gates"] = gates;
+  if (!a.window.empty()) {
+    size_t dash = a.window.find('-');
+    if (dash == std::string::npos) {
+      return absl::InvalidArgumentError("--window: HH:MM-HH:MM (the devices' local time)");
+    }
+    body["maintenance_window"] = {{"start", a.window.substr(0, dash)},
+                                  {"end", a.window.substr(dash + 1)}};
+  }
   json selector = json::object();
   if (!a.site.empty()) selector["site"] = a.site;
   if (!a.labels.empty()) {
@@ -354,6 +369,20 @@ void AddRolloutCommands(CLI::App& app, CommandRegistry& r) {
           ->add_option("--max-failure-rate", a.max_failure_rate,
                        "also halt above this fraction of failed devices (0..1)")
           ->check(CLI::Range(0.0, 1.0));
+  a.p95_option =
+      start
+          ->add_option("--p95-regression", a.p95_regression_pct,
+                       "halt when the wave's p95 latency rises more than this % (hub default 50; "
+                       "0 turns the gate off)")
+          ->check(CLI::NonNegativeNumber);
+  a.error_rate_option =
+      start
+          ->add_option("--max-error-rate", a.max_error_rate,
+                       "halt above this inference error rate (0..1, hub default 0.05)")
+          ->check(CLI::Range(0.0, 1.0));
+  start->add_option("--window", a.window,
+                    "maintenance window HH:MM-HH:MM in the devices' local time: download at "
+                    "once, install only inside it");
   start->add_option("--site", a.site, "only devices at this site");
   start->add_option("--labels", a.labels, "only devices with these labels: k=v,k2=v2")
       ->delimiter(',')
