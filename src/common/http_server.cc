@@ -304,6 +304,19 @@ class Session final : public SessionBase {
   void OnHeader(error_code ec) {
     if (ec) return OnReadError(ec);
     const auto& header = parser_->get();
+    if (core_.options.header_check) {
+      uint64_t limit = core_.options.max_body_bytes;
+      absl::Status verdict = core_.options.header_check(header, &limit);
+      if (!verdict.ok()) {
+        return WriteError(static_cast<Status>(HttpStatusFor(verdict)), MessageOf(verdict));
+      }
+      if (parser_->content_length() && *parser_->content_length() > limit) {
+        return WriteError(
+            Status::payload_too_large,
+            absl::StrCat("request body larger than ", limit, " bytes (this route's limit)"));
+      }
+      parser_->body_limit(limit);
+    }
     if (!parser_->is_done() && header.version() >= 11 &&
         beast::iequals(header[bhttp::field::expect], "100-continue")) {
       asio::async_write(stream_, asio::buffer(kContinue.data(), kContinue.size()),

@@ -99,6 +99,13 @@ struct ServerOptions {
   std::string tls_cert_file;  // PEM chain
   std::string tls_key_file;   // PEM private key
   bool allow_insecure = false;
+  // Optional, called on an io thread once a request's headers are in and
+  // before its body is read (must be quick: no blocking I/O). It may lower
+  // `*body_limit` for this request (e.g. per route) or refuse the request
+  // with an error status (mapped by HttpStatusFor, answered as JSON, the
+  // connection then closed), so a client cannot make the server buffer a
+  // large body it would refuse anyway.
+  std::function<absl::Status(const Request& header, uint64_t* body_limit)> header_check;
 };
 
 class Server {

@@ -212,6 +212,23 @@ struct Hub::Impl : HubContext {
     });
   }
 
+  absl::Status CheckHeader(const http::Request& header, uint64_t* limit) {
+    std::string_view target = SV(header.target());
+    std::map<std::string, std::string> params;
+    Router::Miss miss;
+    const Route* route = router.Match(SV(header.method_string()),
+                                      target.substr(0, target.find('?')), &params, &miss);
+    constexpr uint64_t kMaxApiBody = 8 << 20;
+    *limit = kMaxApiBody;
+    if (route == nullptr) return absl::OkStatus();  // 404/405 once read
+    if (route->access != Access::kPublic && BearerToken(header).empty()) {
+      return absl::UnauthenticatedError(
+          "missing credentials: send 'Authorization: Bearer <token>'");
+    }
+    if (route->pattern == "/api/v1/admin/releases") *limit = options.max_bundle_bytes;
+    return absl::OkStatus();
+  }
+
   bool Authenticate(Call& call, Access access) {
     if (access == Access::kPublic) return true;
     std::string_view secret = BearerToken(call.request);
@@ -313,6 +330,11 @@ absl::StatusOr<std::unique_ptr<Hub>> Hub::Create(HubOptions options) {
     impl->ca_file_ = pki.ca_cert;
   }
   Impl* raw = impl.get();
+  // Before any body is read: anonymous requests to authenticated routes are
+  // refused, and only a release push may send more than a few MB.
+  server_options.header_check = [raw](const http::Request& header, uint64_t* limit) {
+    return raw->CheckHeader(header, limit);
+  };
   ASSIGN_OR_RETURN(impl->server,
                    http::Server::Create(server_options,
                                         [raw](http::Request&& request, http::Responder responder) {
