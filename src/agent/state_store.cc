@@ -187,6 +187,9 @@ void StateStore::AppendHistory(const AgentState& state, std::string_view note) {
   }
   json line = {{"seq", state.event_seq},
                {"time", state.updated_at},
+               {"time_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count()},
                {"state", UpdateStateName(state.state)},
                {"release", state.update.release},
                {"sequence", state.update.sequence},

@@ -29,15 +29,18 @@ bool ValidDeviceId(std::string_view id) {
 
 // The device's clock minus the hub's, from the X-Outpost-Device-Time header
 // (unix ms at sending; network delay is small next to the skews that matter).
-int64_t ClockOffset(const Call& call) {
+std::optional<int64_t> MeasuredClockOffset(const Call& call) {
   std::string_view header = HeaderOf(call.request, "X-Outpost-Device-Time");
   int64_t device_time = 0;
-  if (std::from_chars(header.data(), header.data() + header.size(), device_time).ec !=
-      std::errc()) {
-    return 0;
+  if (header.empty() ||
+      std::from_chars(header.data(), header.data() + header.size(), device_time).ec !=
+          std::errc()) {
+    return std::nullopt;
   }
   return device_time - call.now;
 }
+
+int64_t ClockOffset(const Call& call) { return MeasuredClockOffset(call).value_or(0); }
 
 Labels LabelsFrom(const json& j) {
   Labels labels;
@@ -150,6 +153,7 @@ void Status(HubContext& hub, Call& call) {
   if (!events.is_array()) return call.Fail(http::Status::bad_request, "field 'events': an array");
   int64_t acknowledged = 0;
   int duplicates = 0;
+  const std::optional<int64_t> offset = MeasuredClockOffset(call);
   for (const json& e : events) {
     if (!e.is_object()) return call.Fail(http::Status::bad_request, "events[]: objects");
     DeviceReport report;
@@ -161,8 +165,15 @@ void Status(HubContext& hub, Call& call) {
     report.event.state = e.value("state", "");
     report.event.release = e.value("release", "");
     report.event.reason = e.value("reason", "");
-    report.event.device_time = e.value("time", int64_t{0}) * 1000;
-    report.event.hub_time = call.now;
+    // Both clocks: what the device said, and when that was on the hub's
+    // clock (corrected by the offset measured on this exchange; an event
+    // sent from the offline backlog happened before it arrived).
+    const int64_t device_ms =
+        e.contains("time_ms") ? e.value("time_ms", int64_t{0}) : e.value("time", int64_t{0}) * 1000;
+    report.event.device_time = device_ms;
+    report.event.hub_time = device_ms > 0 && offset
+                                ? std::min<int64_t>(call.now, device_ms - *offset)
+                                : call.now;  // without the device's clock: arrival
     report.status = status;
     std::optional<RolloutDeviceState> progress = RolloutStateOf(report.event.state);
     for (const Rollout& r : rollouts) {

@@ -263,6 +263,20 @@ TEST_F(HubTest, StatusReportsAreIdempotentAndUpdateInventory) {
   EXPECT_TRUE(inventory["online"].get<bool>());
   json events = Json(Call(admin_, "GET", "/api/v1/admin/devices/cam-1/events"))["events"];
   EXPECT_EQ(events.size(), 1u);
+  // A device whose clock runs an hour ahead: its event lands on the hub's
+  // clock at the moment it happened (10 s before it was reported).
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  const int64_t skew = 3600 * 1000;
+  json late = {{"events", {{{"seq", 2}, {"time_ms", now_ms + skew - 10000}, {"state", "idle"}}}}};
+  ASSERT_EQ(Call(device, "POST", "/api/v1/device/status", late.dump(),
+                 {{"X-Outpost-Device-Time", StrCat(now_ms + skew)}})
+                .status,
+            200);
+  json newest = Json(Call(admin_, "GET", "/api/v1/admin/devices/cam-1/events"))["events"][0];
+  EXPECT_EQ(newest["device_time"], now_ms + skew - 10000);
+  EXPECT_NEAR(newest["hub_time"].get<double>(), now_ms - 10000, 2000);
   HttpResponse csv = Call(admin_, "GET", "/api/v1/admin/devices?format=csv");
   EXPECT_EQ(csv.Header("content-type"), "text/csv; charset=utf-8");
   EXPECT_NE(csv.body.find("cam-1,cam-1,"), std::string::npos) << csv.body;
