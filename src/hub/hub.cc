@@ -204,6 +204,10 @@ struct Hub::Impl : HubContext {
       if (!Authenticate(*call, route->access)) return;
       try {
         route->handler(*call);
+      } catch (const nlohmann::json::exception& e) {
+        // A field of the wrong type in the client's JSON (handlers read
+        // bodies with typed accessors): the client's mistake, not ours.
+        call->Fail(http::Status::bad_request, StrCat("malformed request body: ", e.what()));
       } catch (const std::exception& e) {
         spdlog::error("hub: {} {} failed: {}", SV(call->request.method_string()),
                       SV(call->request.target()), e.what());

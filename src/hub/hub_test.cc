@@ -255,6 +255,13 @@ TEST_F(HubTest, StatusReportsAreIdempotentAndUpdateInventory) {
   HttpResponse first = Report(device, 1, "committed", "r1", "r1");
   ASSERT_EQ(first.status, 200) << first.body;
   EXPECT_EQ(Json(first)["acknowledged_seq"], 1);
+  HttpResponse wrong_type =
+      Call(device, "POST", "/api/v1/device/status", R"({"events": [{"seq": "one", "state": 7}]})");
+  EXPECT_EQ(wrong_type.status, 400) << wrong_type.body;
+  EXPECT_EQ(Call(device, "POST", "/api/v1/device/telemetry",
+                 R"({"batch_id": 5, "samples": [{"metric": "x", "value": 1, "time_ms": "soon"}]})")
+                .status,
+            400);
   HttpResponse again = Report(device, 1, "committed", "r1", "r1");
   EXPECT_EQ(Json(again)["duplicates"], 1);
   json listed = Json(Call(admin_, "GET", "/api/v1/admin/devices?site="));
