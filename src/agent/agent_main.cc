@@ -44,9 +44,9 @@ struct RunFlags {
   std::string bundle_dir;
   std::string bundle_url;
   std::string bootstrap;
-  double hub_wait = 120;
+  double hub_wait = 240;
   double report_interval = 10;
-  double telemetry_interval = 300;
+  double telemetry_interval = 600;
   std::string bundle_sha256;
   uint64_t bundle_size = 0;
   std::string ca_file;

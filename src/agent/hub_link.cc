@@ -147,8 +147,10 @@ void HubLink::ReporterLoop() {
     if (Clock::now() >= next_telemetry) {
       next_telemetry = Clock::now() + options_.telemetry_interval;
       json samples = telemetry.Collect(NowMillis(), reporter.client().clock_offset_ms());
-      absl::StatusOr<json> sent = reporter.client().Post(
-          "/telemetry", {{"batch_id", StrCat(boot, "-", ++batch)}, {"samples", samples}});
+      absl::StatusOr<json> sent =
+          reporter.client().Post("/telemetry", {{"batch_id", StrCat(boot, "-", ++batch)},
+                                                {"time_ms", NowMillis()},
+                                                {"samples", samples}});
       if (!sent.ok()) report_error(sent.status());
     }
     std::unique_lock lock(mu_);

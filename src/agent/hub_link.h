@@ -28,9 +28,9 @@ namespace outpost::agent {
 struct HubLinkOptions {
   std::filesystem::path state_dir;
   std::filesystem::path bootstrap_file;  // needed until the device is enrolled
-  std::chrono::seconds long_poll{120};
+  std::chrono::seconds long_poll{240};
   std::chrono::milliseconds report_interval{10000};
-  std::chrono::milliseconds telemetry_interval{300000};
+  std::chrono::milliseconds telemetry_interval{600000};
   FetchOptions fetch;              // retries, backoff, stall timeout, cancel
   std::function<bool()> stopping;  // true once the agent is stopping
 };

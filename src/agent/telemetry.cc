@@ -33,11 +33,12 @@ std::optional<double> ParseDouble(std::string_view s) {
   return value;
 }
 
-json Sample(std::string metric, double value, int64_t now_ms, json labels = json::object()) {
-  return {{"metric", std::move(metric)},
-          {"value", value},
-          {"time_ms", now_ms},
-          {"labels", std::move(labels)}};
+// One sample. Its time is the heartbeat's (the batch carries it once) and
+// empty labels are left out: an idle device's bytes are mostly heartbeats.
+json Sample(std::string metric, double value, int64_t /*now_ms*/, json labels = json::object()) {
+  json sample = {{"metric", std::move(metric)}, {"value", value}};
+  if (!labels.empty()) sample["labels"] = std::move(labels);
+  return sample;
 }
 
 }  // namespace

@@ -50,7 +50,8 @@ class TelemetryCollector {
  public:
   explicit TelemetryCollector(TelemetryOptions options) : options_(std::move(options)) {}
 
-  // One heartbeat's samples: [{"metric", "value", "time_ms", "labels"}],
+  // One heartbeat's samples: [{"metric", "value", "labels"?}] (all taken
+  // at `now_ms`, which the batch carries as its time_ms),
   // metric names as in docs/device-api.md. Rates (requests, errors, CPU)
   // are over the time since the previous call; the first call has none.
   nlohmann::json Collect(int64_t now_ms, int64_t clock_offset_ms);

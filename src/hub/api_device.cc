@@ -202,6 +202,8 @@ void Telemetry(HubContext& hub, Call& call) {
   batch.received_at = call.now;
   if (batch.batch_id.empty())
     return call.Fail(http::Status::bad_request, "field 'batch_id' is required");
+  // Samples share the batch's time unless they carry their own.
+  const int64_t batch_time = body->value("time_ms", call.now);
   json samples = body->value("samples", json::array());
   if (!samples.is_array()) return call.Fail(http::Status::bad_request, "field 'samples': an array");
   for (const json& s : samples) {
@@ -213,7 +215,7 @@ void Telemetry(HubContext& hub, Call& call) {
     TelemetrySample sample;
     sample.metric = s["metric"].get<std::string>();
     sample.value = s["value"].get<double>();
-    sample.device_time = s.value("time_ms", call.now);
+    sample.device_time = s.value("time_ms", batch_time);
     if (s.contains("labels") && s["labels"].is_object()) sample.labels_json = s["labels"].dump();
     batch.samples.push_back(std::move(sample));
   }

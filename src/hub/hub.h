@@ -50,7 +50,7 @@ struct HubOptions {
 
   int worker_threads = 8;
   // Longest a desired-state poll is held (a device's `wait` is capped).
-  std::chrono::seconds max_long_poll{120};
+  std::chrono::seconds max_long_poll{300};
   // How often parked polls are re-evaluated against the database (changes
   // made by other hub replicas).
   std::chrono::milliseconds long_poll_recheck{5000};
