@@ -107,12 +107,17 @@ void ListTokens(HubContext& hub, Call& call) {
   call.Reply(http::Status::ok, {{"tokens", out}});
 }
 
-void RevokeToken(HubContext& hub, Call& call) {
+// DELETE /{tokens|bootstrap-tokens}/{id}: revoke by id with `revoke`.
+void RevokeById(Call& call, absl::FunctionRef<absl::Status(int64_t)> revoke) {
   std::optional<int64_t> id = IdParam(call);
   if (!id) return;
-  absl::Status status = hub.store().RevokeApiToken(*id);
+  absl::Status status = revoke(*id);
   if (!status.ok()) return call.Fail(status);
   call.Reply(http::Status::ok, {{"id", *id}, {"revoked", true}});
+}
+
+void RevokeToken(HubContext& hub, Call& call) {
+  RevokeById(call, [&](int64_t id) { return hub.store().RevokeApiToken(id); });
 }
 
 // ---- bootstrap tokens
@@ -162,11 +167,7 @@ void ListBootstrap(HubContext& hub, Call& call) {
 }
 
 void RevokeBootstrap(HubContext& hub, Call& call) {
-  std::optional<int64_t> id = IdParam(call);
-  if (!id) return;
-  absl::Status status = hub.store().RevokeBootstrapToken(*id);
-  if (!status.ok()) return call.Fail(status);
-  call.Reply(http::Status::ok, {{"id", *id}, {"revoked", true}});
+  RevokeById(call, [&](int64_t id) { return hub.store().RevokeBootstrapToken(id); });
 }
 
 // ---- releases
