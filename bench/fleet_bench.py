@@ -21,26 +21,29 @@ Phases (--phases, comma-separated; all by default):
   scale    One hub (SQLite, then PostgreSQL: --scale-db) and --devices
            simulated idle devices: enrolled through the real device API
            (one bootstrap token with uses=N), each keeping a long poll open
-           (GET /desired?wait=120 with If-None-Match, 5 s between polls like
-           the agent's updater) and posting a telemetry batch of the agent's
-           shape every 300 s (uncompressed JSON), over persistent HTTPS
+           (GET /desired?wait=W with If-None-Match, then the updater's sleep,
+           W and the intervals being the measured agent's own defaults, read
+           from `outpost-agent run --help`) and posting a telemetry batch of
+           the agent's shape every --telemetry-interval (uncompressed JSON,
+           like the agent's), over persistent HTTPS
            connections from one asyncio process. r1 is rolled out to them
            first (waves 1, 10%, 100%; they report `committed` without
            downloading). Hub RSS and CPU over --scale-window seconds of steady
            idling, with the simulator's own CPU (and PostgreSQL's) beside it.
-  rollout  Five real devices at default agent settings (soak 30 s, long poll
-           120 s, ...) and a hub at default settings: push -> rollout
+  rollout  Five real devices at default agent settings (soak, long poll,
+           report interval) and a hub at default settings: push -> rollout
            [1, 50%, 100%] with a 1 s rollout soak -> completed, for
            --rollout-runs releases (median); and the figure of
            tests/e2e/test_fleet.py's test_1 (agents with test intervals).
 
   bench/fleet_bench.py --build build-lead [--phases idle,scale,rollout]
-                       [--idle-window 660] [--devices 1000] [--scale-window 300]
+                       [--idle-window S] [--devices 1000] [--scale-window S]
                        [--scale-db sqlite,postgres] [--rollout-runs 3]
                        [--write-results] [--json FILE]
 
-It takes about 35 minutes with the defaults (idle ~13, scale ~2x8, rollout
-~7), so `make bench` does not run it. --write-results replaces this script's
+It takes about an hour with the defaults and the agent's defaults of this
+revision (heartbeat every 600 s: idle ~23 min, scale ~2x11, rollout ~7), so
+`make bench` does not run it. --write-results replaces this script's
 sections of bench/RESULTS.md (fleet_idle, fleet_scale, fleet_rollout, between
 their markers; bench/bench.py keeps them), only those of the phases run.
 
@@ -56,6 +59,7 @@ import datetime
 import json
 import os
 import random
+import re
 import resource
 import shlex
 import shutil
@@ -79,9 +83,28 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HEADER_BYTES = 52  # IPv4 20 + TCP 20 + timestamps option 12, per segment
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
-POLL_WAIT_S = 120  # the agent's default --hub-wait
-TELEMETRY_S = 300  # the agent's default --telemetry-interval
-UPDATER_SLEEP_S = 5  # the agent's default --poll-interval (sleep between polls)
+# The agent's defaults as of revision dd9e4bc, for results saved without them;
+# a run reads the measured binary's own from `outpost-agent run --help`.
+OLD_DEFAULTS = {"hub-wait": 120, "report-interval": 10, "telemetry-interval": 300, "soak": 30,
+                "poll-interval": 5}
+HUB_RECHECK_S = 5  # outpost-hub serve --long-poll-recheck default (src/hub/hub_main.cc)
+
+
+def agent_defaults(agent_bin):
+    """Defaults of the agent's interval flags, from its --help (CLI11 prints
+    them as `--flag TYPE...=VALUE`)."""
+    text = subprocess.run([agent_bin, "run", "--help"], capture_output=True, text=True).stdout
+    out = {}
+    for name in OLD_DEFAULTS:
+        m = re.search(rf"--{name} [^\n=]*=([0-9.]+)", text)
+        if m is None:
+            sys.exit(f"cannot read the default of --{name} from `{agent_bin} run --help`")
+        out[name] = float(m.group(1))
+    return out
+
+
+def fmt_s(x):
+    return f"{x:g} s"
 
 
 def log(msg):
@@ -386,6 +409,7 @@ class CountingProxy:
         except OSError:
             pass
         with self.lock:
+            conn[f"{direction}_eof"] = time.time()
             conn["open_pumps"] -= 1
             last = conn["open_pumps"] == 0
             if last:
@@ -469,7 +493,16 @@ def analyse_traffic(proxy, t0, t1, seg0, seg1):
         s0 = seg0.get(cid, (0, 0))
         segs_in += si - s0[0]
         segs_out += so - s0[1]
+    # Connections the hub closed first, and after how long a silence.
+    hub_closed = []
+    for c in conns:
+        down_eof, up_eof = c.get("down_eof"), c.get("up_eof")
+        if down_eof and (up_eof is None or down_eof < up_eof) and c["chunks"]:
+            before = [t for t, _, _ in c["chunks"] if t <= down_eof]
+            if before and not proxy.closed:
+                hub_closed.append(round(down_eof - max(before), 1))
     out = {"t0": t0, "t1": t1, "window_s": t1 - t0, "up": up, "down": down,
+           "hub_closed_idle_after_s": hub_closed,
            "connections_opened": sum(1 for c in conns if t0 <= c["opened"] < t1),
            "connections_total": len(conns), "segments_in": segs_in, "segments_out": segs_out,
            "exchanges": exchanges}
@@ -599,7 +632,10 @@ def wait_committed(devices, release, timeout):
 
 
 def phase_idle(args, bins):
-    out = {"window_s": args.idle_window, "loadavg_start": loadavg()}
+    defaults = agent_defaults(bins.agent)
+    if args.idle_window is None:
+        args.idle_window = 2 * defaults["telemetry-interval"] + 60
+    out = {"window_s": args.idle_window, "loadavg_start": loadavg(), "defaults": defaults}
     root = tempfile.mkdtemp(prefix="outpost-fleet-bench-idle-")
     hub = None
     devices = []
@@ -813,9 +849,11 @@ class Simulator:
     def record(self, kind, t0, t1, status):
         self.records.append((kind, round(t0, 3), round(t1, 3), status))
 
-    def samples(self, dev, now_ms):
-        s = lambda m, v, labels=None: {"metric": m, "value": v, "time_ms": now_ms,  # noqa: E731
-                                       "labels": labels or {}}
+    def samples(self, dev):
+        # The agent's shape since c049578: the batch carries time_ms, samples
+        # carry labels only when they have some.
+        s = lambda m, v, labels=None: (  # noqa: E731
+            {"metric": m, "value": v, "labels": labels} if labels else {"metric": m, "value": v})
         return [s("runtime_up", 1), s("inferences_per_second", 0.0), s("requests", 0),
                 s("request_rate", 0.0), s("error_rate", 0),
                 s("model_loaded", 1, {"model": "add_one", "version": "1"}),
@@ -864,7 +902,8 @@ class Simulator:
             while True:
                 n += 1
                 await post("telemetry", "/api/v1/device/telemetry",
-                           {"batch_id": f"sim-{n}", "samples": self.samples(i, int(time.time() * 1000))})
+                           {"batch_id": f"sim-{n}", "time_ms": int(time.time() * 1000),
+                            "samples": self.samples(i)})
                 await asyncio.sleep(self.cfg["telemetry_interval"])
 
         await post("status", "/api/v1/device/status",  # the agent's first report after a start
@@ -975,8 +1014,11 @@ class PgGroup:
 
 
 def phase_scale(args, bins, db_kind):
+    defaults = agent_defaults(bins.agent)
+    if args.scale_window is None:
+        args.scale_window = defaults["telemetry-interval"]
     out = {"db": db_kind, "devices": args.devices, "window_s": args.scale_window,
-           "loadavg_start": loadavg()}
+           "loadavg_start": loadavg(), "defaults": defaults}
     root = tempfile.mkdtemp(prefix=f"outpost-fleet-bench-scale-{db_kind}-")
     hub = pg = sim = None
     reader = None
@@ -999,8 +1041,8 @@ def phase_scale(args, bins, db_kind):
                                {"uses": args.devices, "ttl_s": 7200, "site": "sim"})
         assert status == 201, (status, body)
         cfg = {"port": hub.port, "ca": hub.ca, "token": body["token"], "devices": args.devices,
-               "wait": POLL_WAIT_S, "telemetry_interval": TELEMETRY_S,
-               "updater_sleep": UPDATER_SLEEP_S, "ramp_per_s": args.ramp,
+               "wait": int(defaults["hub-wait"]), "telemetry_interval": defaults["telemetry-interval"],
+               "updater_sleep": defaults["poll-interval"], "ramp_per_s": args.ramp,
                "out": os.path.join(root, "sim.json")}
         cfg_path = os.path.join(root, "sim-config.json")
         with open(cfg_path, "w") as f:
@@ -1129,7 +1171,7 @@ def summarise_records(records, t0, t1):
 # ---------------------------------------------------------------- phase: rollout
 
 def phase_rollout(args, bins):
-    out = {"runs": [], "loadavg_start": loadavg()}
+    out = {"runs": [], "loadavg_start": loadavg(), "defaults": agent_defaults(bins.agent)}
     root = tempfile.mkdtemp(prefix="outpost-fleet-bench-rollout-")
     hub = None
     devices = []
@@ -1231,6 +1273,7 @@ def machine_line():
 
 
 def render_idle(r, command, when):
+    d = r.get("defaults", OLD_DEFAULTS)
     tr = r["traffic"]
     w = tr["window_s"]
     hour = 3600 / w
@@ -1243,7 +1286,8 @@ def render_idle(r, command, when):
              f"the window), so CPU figures carry that noise.", "",
              "### Bytes a device sends and receives per hour while idle", "",
              f"One hub and one real `outpost-agent` enrolled with default settings "
-             f"(`{r['agent_command']}`: long poll 240 s, heartbeat every 600 s, status reports "
+             f"(`{r['agent_command']}`: long poll {fmt_s(d['hub-wait'])}, heartbeat every "
+             f"{fmt_s(d['telemetry-interval'])}, status reports "
              f"only when something changed), release r1 committed first, then idle for a "
              f"{w:.0f} s window. A byte-counting TCP proxy on loopback sits between agent and hub "
              f"(the bootstrap file's hub_url points at it; TLS passes through untouched), so "
@@ -1289,8 +1333,17 @@ def render_idle(r, command, when):
               f"(every new one costs a TLS handshake)."]
     if gaps:
         lines.append(f"- Long polls start every {statistics.median(gaps):.1f} s (median): the "
-                     f"hub holds each 240 s and answers it at its next re-check of parked polls "
-                     f"(every 5 s), then the agent's updater sleeps its --poll-interval (5 s).")
+                     f"hub holds each {fmt_s(d['hub-wait'])} and answers it at its next re-check "
+                     f"of parked polls (every {fmt_s(HUB_RECHECK_S)}), then the agent's updater "
+                     f"sleeps its --poll-interval ({fmt_s(d['poll-interval'])}).")
+    closed = tr.get("hub_closed_idle_after_s")
+    if closed:
+        lines.append(f"- The hub closed {len(closed)} idle connection(s) of the device after "
+                     f"{statistics.median(closed):.0f} s of silence (median; its idle timeout), "
+                     f"so a heartbeat every {fmt_s(d['telemetry-interval'])} "
+                     + ("finds its connection closed and opens a new one (TCP + TLS handshake)."
+                        if statistics.median(closed) < d["telemetry-interval"] else
+                        "can reuse its connection."))
     poll_k = kinds.get("long poll", {"count": 0, "up": 0, "down": 0})
     side = [kinds.get(n, {"up": 0, "down": 0}) for n in ("report", "tls handshake", "close")]
     beats = r["telemetry_batches"]
@@ -1298,11 +1351,15 @@ def render_idle(r, command, when):
         poll_each = (poll_k["up"] + poll_k["down"]) / poll_k["count"]
         beat_each = sum(k["up"] + k["down"] for k in side) / beats
         poll_period = statistics.median(gaps)
-        model = poll_each * 3600 / poll_period + beat_each * 3600 / 605
+        starts = sorted(kinds.get("report", {}).get("starts", []))
+        beat_gaps = [b - a for a, b in zip(starts, starts[1:])]
+        beat_period = statistics.median(beat_gaps) if beat_gaps else d["telemetry-interval"]
+        model = poll_each * 3600 / poll_period + beat_each * 3600 / beat_period
         lines.append(f"- Cross-check by rates instead of window length: {poll_each:.0f} B per long "
                      f"poll x {3600 / poll_period:.1f} polls/hour + {beat_each:.0f} B per heartbeat "
                      f"(its request plus the TLS handshake and close of the connection it opens) x "
-                     f"{3600 / 605:.1f} heartbeats/hour (every 600 s, checked every 10 s) = "
+                     f"{3600 / beat_period:.1f} heartbeats/hour (one every {beat_period:.0f} s, "
+                     + ("as measured" if beat_gaps else "the configured interval") + ") = "
                      f"{kb(model)} per hour before TCP/IP headers.")
     lines.append(f"- TCP/IP headers are not seen by a proxy, so they are an estimate: {segs} TCP "
                  f"segments in the window on the device's connections (the kernel's `TCP_INFO` "
@@ -1374,6 +1431,8 @@ def render_idle(r, command, when):
 
 
 def render_scale(results, command, when):
+    d = results[0].get("defaults", OLD_DEFAULTS)
+    cycle = d["hub-wait"] + HUB_RECHECK_S / 2 + d["poll-interval"]
     lines = ["<!-- begin: fleet_scale -->",
              "## Hub serving simulated idle devices (issue 4)", "",
              f"Produced by `{command}` on {when}. Machine: {machine_line()}; the hub, the "
@@ -1381,14 +1440,15 @@ def render_scale(results, command, when):
              f"its cores with each other and with other work: the CPU columns below are per "
              f"process, and 'machine busy' is every process on the machine over the window.", "",
              "Method: one hub at its default settings (`outpost-hub serve --data DIR [--db URL]`: "
-             "long-poll cap 120 s, parked polls re-checked every 5 s, rollout tick 1 s); N devices "
+             f"parked polls re-checked every {fmt_s(HUB_RECHECK_S)}, rollout tick 1 s); N devices "
              "enrolled through `POST /api/v1/device/enroll` (one bootstrap token with uses=N, "
              "sequentially on one connection); then each device, like an idle agent at default "
              "settings, keeps one HTTPS connection with a long poll open (`GET "
-             "/api/v1/device/desired?wait=120` with If-None-Match, 5 s between polls) and posts a "
-             "telemetry batch of the agent's shape (12 samples, uncompressed JSON) every 300 s "
-             "(first one at a random offset) on a second connection, which the hub closes "
-             "after 180 s idle so each heartbeat opens a new one (as the agent's does). "
+             f"/api/v1/device/desired?wait={d['hub-wait']:g}` with If-None-Match, "
+             f"{fmt_s(d['poll-interval'])} between polls) and posts a telemetry batch of the "
+             "agent's shape (12 samples, uncompressed JSON like the agent's) every "
+             f"{fmt_s(d['telemetry-interval'])} (the first at a random offset) on a second "
+             "connection, reopened when the hub has closed it in between (as libcurl does). "
              "Devices connect at 100/s. r1 is rolled out to all (waves 1, 10%, 100%, soak 0; "
              "simulated devices report `committed` without downloading); then after a settle "
              "period the window measures steady idling: hub CPU = utime + stime from "
@@ -1423,15 +1483,19 @@ def render_scale(results, command, when):
             lat = v["latency_ms"]
             lines.append(f"| {r['db']} | {kind} | {status} | {v['count']} | {v['per_s']:.2f} | "
                          f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['max']:.0f} ms |")
-    lines += ["", "- `desired 304` latency is the long-poll hold (120 s plus the wait for the next "
-              "re-check). The rollout answered every parked poll within seconds, so the fleet's "
-              "polls stay phase-aligned (as a real fleet's are after a rollout or a hub "
-              "restart): each device completed 2 polls in the window, where the mean rate is "
-              "one per ~125 s (8 per second for 1,000 devices).",
+    polls = [v["count"] for r in results for k, v in r["requests"].items()
+             if k.startswith("desired 304")]
+    lines += ["", f"- `desired 304` latency is the long-poll hold ({fmt_s(d['hub-wait'])} plus the "
+              "wait for the next re-check). The rollout answered every parked poll within "
+              "seconds, so the fleet's polls stay phase-aligned (as a real fleet's are after a "
+              f"rollout or a hub restart): {'/'.join(str(n) for n in polls)} polls completed in "
+              f"the window{'s' if len(polls) > 1 else ''}, where the mean rate is one per "
+              f"~{cycle:.0f} s per device ({results[0]['devices'] / cycle:.1f} per second for "
+              f"{results[0]['devices']} devices).",
               "- Hub memory per device: "
               + "; ".join(f"{r['db']} {(r['rss']['hub']['median_kb'] - r['hub_rss_empty_kb']) / r['devices']:.0f} KiB "
                           f"((RSS median - RSS of the empty hub) / devices)" for r in results)
-              + ". Each device holds one connection (the long poll) and, 180 s of every 300 s, a "
+              + ". Each device holds one connection (the long poll) and, part of the time, a "
                 "second one (the heartbeat's, until the hub's idle timeout closes it).",
               "- Hub threads / open file descriptors at the end of the window: "
               + "; ".join(f"{r['db']} {r['hub_threads']} / {r['hub_fds']}" for r in results) + ".",
@@ -1440,6 +1504,7 @@ def render_scale(results, command, when):
 
 
 def render_rollout(r, command, when):
+    d = r.get("defaults", OLD_DEFAULTS)
     runs = r["runs"]
     lines = ["<!-- begin: fleet_rollout -->",
              "## Five-device rollout: push to 100% (issue 4)", "",
@@ -1449,12 +1514,13 @@ def render_rollout(r, command, when):
         med = statistics.median(x["push_to_100pct_s"] for x in runs)
         lines += [f"Default settings everywhere except the rollout's soak: a hub at its "
                   f"defaults, five real devices (outpost-agent + outpost-serve) at the agent's "
-                  f"defaults (long poll 120 s, status every 10 s, agent soak 30 s before each "
+                  f"defaults (long poll {fmt_s(d['hub-wait'])}, status reports every "
+                  f"{fmt_s(d['report-interval'])}, agent soak {fmt_s(d['soak'])} before each "
                   f"commit), the release (add_one, a few kB) pushed, then a rollout with waves "
                   f"[1, 50%, 100%] and `soak_s` 1; the clock runs from the push to the rollout's "
-                  f"`completed`. Each wave costs at least the agent's 30 s soak, so three waves "
-                  f"cannot take less than ~90 s. Runs are successive releases on the same fleet "
-                  f"(the first installs from nothing).", "",
+                  f"`completed`. Each wave costs at least the agent's {fmt_s(d['soak'])} soak, so "
+                  f"three waves cannot take less than ~{3 * d['soak']:g} s. Runs are successive "
+                  f"releases on the same fleet (the first installs from nothing).", "",
                   "| release | state | push -> 100% | downloads start (agent clock, s after push) "
                   "| commits heard by the hub (s after push) |",
                   "| --- | --- | ---: | --- | --- |"]
@@ -1469,8 +1535,8 @@ def render_rollout(r, command, when):
             lines.append(f"Between an agent's commit and the hub hearing of it: median "
                          f"{statistics.median(lags):.1f} s, max {max(lags):.1f} s (hub time minus "
                          f"the agent's event time, which has 1 s resolution): status reports go "
-                         f"out on the agent's 10 s --report-interval tick, and each wave waits "
-                         f"for that.")
+                         f"out on the agent's {fmt_s(d['report-interval'])} --report-interval "
+                         f"tick, and each wave waits for that.")
     e2e = r.get("e2e")
     if e2e:
         t = (e2e.get("timings") or {}).get("r1_push_to_100pct_s")
@@ -1568,10 +1634,12 @@ def main():
     p.add_argument("--build", default="build", help="build directory (src/*/ binaries, "
                    "test-models)")
     p.add_argument("--phases", default="idle,scale,rollout")
-    p.add_argument("--idle-window", type=float, default=660)
+    p.add_argument("--idle-window", type=float, help="seconds (default: two heartbeat intervals "
+                   "+ 60 s, so that the window holds at least two heartbeats)")
     p.add_argument("--idle-settle", type=float, default=60)
     p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--scale-window", type=float, default=300)
+    p.add_argument("--scale-window", type=float, help="seconds (default: one heartbeat "
+                   "interval, so that every simulated device sends one heartbeat in it)")
     p.add_argument("--scale-settle", type=float, default=30)
     p.add_argument("--scale-db", default="sqlite,postgres")
     p.add_argument("--ramp", type=float, default=100, help="simulated devices connecting per s")
