@@ -530,6 +530,7 @@ def classify_traffic(tr):
             e["kind"] = "close"
         elif e["index"] == 0 or (e["index"] == 1 and e["up"] < 100):
             e["kind"] = "tls handshake"
+            e["tail"] = e["index"] == 1  # the same handshake's end: not counted twice
         elif held(e) or (e["conn"] in poll_conns and e["first_down"] is None):
             e["kind"] = "long poll"
         elif e["conn"] in poll_conns:
@@ -539,7 +540,7 @@ def classify_traffic(tr):
     kinds = {}
     for e in exchanges:
         k = kinds.setdefault(e["kind"], {"count": 0, "up": 0, "down": 0, "starts": []})
-        if tr["t0"] <= e["start"] < tr["t1"]:
+        if tr["t0"] <= e["start"] < tr["t1"] and not e.get("tail"):
             k["count"] += 1
             k["starts"].append(e["start"])
         k["up"] += e["up_in"]
@@ -566,7 +567,8 @@ class Mender:
         self.binary = shutil.which("mender")
         self.version = None
         if self.binary is None:
-            self.skip_reason = ("`mender` is not installed (Debian: apt-get install mender-client); "
+            self.skip_reason = ("`mender` is not installed (Debian: apt-get install "
+                                "mender-client); "
                                 "the comparison is skipped")
         elif os.geteuid() != 0:
             self.skip_reason = ("not root: mender-client reads its artifact name and identity "
@@ -1041,7 +1043,8 @@ def phase_scale(args, bins, db_kind):
                                {"uses": args.devices, "ttl_s": 7200, "site": "sim"})
         assert status == 201, (status, body)
         cfg = {"port": hub.port, "ca": hub.ca, "token": body["token"], "devices": args.devices,
-               "wait": int(defaults["hub-wait"]), "telemetry_interval": defaults["telemetry-interval"],
+               "wait": int(defaults["hub-wait"]),
+               "telemetry_interval": defaults["telemetry-interval"],
                "updater_sleep": defaults["poll-interval"], "ramp_per_s": args.ramp,
                "out": os.path.join(root, "sim.json")}
         cfg_path = os.path.join(root, "sim-config.json")
@@ -1204,24 +1207,36 @@ def phase_rollout(args, bins):
             wall0 = time.time()
             hub.push(releases.paths[name])
             rid = hub.rollout(name, [1, "50%", "100%"], soak=1, deadline=600)
-            fleet.wait_for(lambda: hub.rollout_state(rid)["state"] in ("completed", "halted"),
-                           900, f"rollout of {name}", interval=0.2)
+            # When the hub hears of each commit: its rollout's committed count,
+            # polled every 0.2 s (event hub_time is the event's own moment on
+            # the hub's clock, not its arrival).
+            heard = []
+            deadline = time.monotonic() + 900
+            while True:
+                state = hub.rollout_state(rid)
+                now = time.time() - wall0
+                while len(heard) < state["counts"].get("committed", 0):
+                    heard.append(round(now, 1))
+                if state["state"] in ("completed", "halted") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             took = time.monotonic() - t0
             final = hub.rollout_state(rid)
-            commits, lags, starts = [], [], []
+            commits, starts = [], []
             for d in devices:
                 events = hub.events(d.id)
                 for e in events:
                     if e["state"] == "committed" and e["release"] == name:
                         commits.append(round(e["hub_time"] / 1000 - wall0, 1))
-                        # the agent's clock has 1 s resolution in its history
-                        lags.append((e["hub_time"] - e["device_time"]) / 1000)
-                fresh = [e["device_time"] / 1000 for e in events if e["state"] == "downloading"
-                         and e["device_time"] / 1000 >= int(wall0)]
+                fresh = [e["hub_time"] / 1000 for e in events if e["state"] == "downloading"
+                         and e["hub_time"] / 1000 >= wall0 - 1]
                 if fresh:  # (the release of a download is named once it is verified)
                     starts.append(round(min(fresh) - wall0, 1))
+            commits.sort()
+            lags = [round(h - c, 1) for h, c in zip(heard, commits)]
             out["runs"].append({"release": name, "state": final["state"], "push_to_100pct_s": took,
-                                "commits_s": sorted(commits), "downloads_s": sorted(starts),
+                                "commits_s": commits, "heard_s": heard,
+                                "downloads_s": sorted(starts),
                                 "commit_report_lag_s": lags, "from_scratch": n == 0})
             log(f"rollout: {name} {final['state']} in {took:.1f} s (commits at {sorted(commits)})")
             wait_committed(devices, name, 60)
@@ -1356,7 +1371,8 @@ def render_idle(r, command, when):
         beat_period = statistics.median(beat_gaps) if beat_gaps else d["telemetry-interval"]
         model = poll_each * 3600 / poll_period + beat_each * 3600 / beat_period
         lines.append(f"- Cross-check by rates instead of window length: {poll_each:.0f} B per long "
-                     f"poll x {3600 / poll_period:.1f} polls/hour + {beat_each:.0f} B per heartbeat "
+                     f"poll x {3600 / poll_period:.1f} polls/hour + {beat_each:.0f} B per "
+                     f"heartbeat "
                      f"(its request plus the TLS handshake and close of the connection it opens) x "
                      f"{3600 / beat_period:.1f} heartbeats/hour (one every {beat_period:.0f} s, "
                      + ("as measured" if beat_gaps else "the configured interval") + ") = "
@@ -1374,7 +1390,8 @@ def render_idle(r, command, when):
               f"CPU = utime + stime of the process itself from /proc/PID/stat over the window "
               f"(children excluded: outpost-agent's outpost-serve is listed separately), "
               f"RSS = VmRSS sampled every 5 s (median, max).", "",
-              "| process | mode | RSS median | RSS max | anon / file-backed (median) | PSS (median) "
+              "| process | mode | RSS median | RSS max | anon / file-backed (median) "
+              "| PSS (median) "
               "| CPU over the window | CPU (% of one core) | target: RSS < 15 MB (14.3 MiB) and "
               "CPU < 0.5% |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -1406,7 +1423,8 @@ def render_idle(r, command, when):
     if m["skipped"]:
         lines.append(f"- mender-client: {m['skipped']}.")
     else:
-        lines.append(f"- mender-client: Debian 12's package ({m['version']}), run as `{m['command']}` "
+        lines.append(f"- mender-client: Debian 12's package ({m['version']}), run as "
+                     f"`{m['command']}` "
                      f"with a temporary mender.conf (ServerURL on a closed loopback port, "
                      f"UpdatePollIntervalSeconds 1800, InventoryPollIntervalSeconds 28800, "
                      f"RetryPollIntervalSeconds 300, DBus off) and, at the fixed paths the package "
@@ -1428,6 +1446,10 @@ def render_idle(r, command, when):
                  f"{r['bench_cpu_s']:.2f} s of CPU over the window.")
     lines.append("<!-- end: fleet_idle -->")
     return "\n".join(lines)
+
+
+def per_device_kib(r):
+    return (r["rss"]["hub"]["median_kb"] - r["hub_rss_empty_kb"]) / r["devices"]
 
 
 def render_scale(results, command, when):
@@ -1492,9 +1514,8 @@ def render_scale(results, command, when):
               f"the window{'s' if len(polls) > 1 else ''}, where the mean rate is one per "
               f"~{cycle:.0f} s per device ({results[0]['devices'] / cycle:.1f} per second for "
               f"{results[0]['devices']} devices).",
-              "- Hub memory per device: "
-              + "; ".join(f"{r['db']} {(r['rss']['hub']['median_kb'] - r['hub_rss_empty_kb']) / r['devices']:.0f} KiB "
-                          f"((RSS median - RSS of the empty hub) / devices)" for r in results)
+              "- Hub memory per device ((RSS median - RSS of the empty hub) / devices): "
+              + "; ".join(f"{r['db']} {per_device_kib(r):.0f} KiB" for r in results)
               + ". Each device holds one connection (the long poll) and, part of the time, a "
                 "second one (the heartbeat's, until the hub's idle timeout closes it).",
               "- Hub threads / open file descriptors at the end of the window: "
@@ -1521,26 +1542,32 @@ def render_rollout(r, command, when):
                   f"`completed`. Each wave costs at least the agent's {fmt_s(d['soak'])} soak, so "
                   f"three waves cannot take less than ~{3 * d['soak']:g} s. Runs are successive "
                   f"releases on the same fleet (the first installs from nothing).", "",
-                  "| release | state | push -> 100% | downloads start (agent clock, s after push) "
-                  "| commits heard by the hub (s after push) |",
-                  "| --- | --- | ---: | --- | --- |"]
+                  "| release | state | push -> 100% | downloads start | commits | the hub hears "
+                  "of them |",
+                  "| --- | --- | ---: | --- | --- | --- |"]
         for x in runs:
+            heard = x.get("heard_s")
             lines.append(f"| {x['release']} | {x['state']} | {x['push_to_100pct_s']:.1f} s | "
-                         f"{', '.join(f'{c:.0f}' for c in x['downloads_s'])} | "
-                         f"{', '.join(f'{c:.1f}' for c in x['commits_s'])} |")
+                         f"{', '.join(f'{c:.1f}' for c in x['downloads_s'])} | "
+                         f"{', '.join(f'{c:.1f}' for c in x['commits_s'])} | "
+                         + (", ".join(f"{c:.1f}" for c in heard) if heard else "–") + " |")
         lags = [v for x in runs for v in x["commit_report_lag_s"]]
         each = ", ".join(f"{x['push_to_100pct_s']:.1f}" for x in runs)
-        lines += ["", f"Median push -> 100%: **{med:.1f} s** ({len(runs)} runs: {each} s)."]
-        if lags:
+        lines += ["", "Times in seconds after the push: downloads start and commits are the "
+                  "agents' events (their clocks, put on the hub's by the measured offset); the "
+                  "hub hearing of a commit is when its rollout's committed count went up "
+                  "(polled every 0.2 s).", "",
+                  f"Median push -> 100%: **{med:.1f} s** ({len(runs)} runs: {each} s)."]
+        if lags and any(x.get("heard_s") for x in runs):
             lines.append(f"Between an agent's commit and the hub hearing of it: median "
-                         f"{statistics.median(lags):.1f} s, max {max(lags):.1f} s (hub time minus "
-                         f"the agent's event time, which has 1 s resolution): status reports go "
-                         f"out on the agent's {fmt_s(d['report-interval'])} --report-interval "
-                         f"tick, and each wave waits for that.")
+                         f"{statistics.median(lags):.1f} s, max {max(lags):.1f} s: status "
+                         f"reports go out on the agent's {fmt_s(d['report-interval'])} "
+                         f"--report-interval tick, and each wave waits for that.")
     e2e = r.get("e2e")
     if e2e:
         t = (e2e.get("timings") or {}).get("r1_push_to_100pct_s")
-        lines += ["", f"The e2e suite's figure (`{e2e['command']}` with OUTPOST_*_BIN from the same "
+        lines += ["", f"The e2e suite's figure (`{e2e['command']}` with OUTPOST_*_BIN from the "
+                  f"same "
                   f"build): waves [1, 50%, 100%], rollout soak 1 s, agents with test intervals "
                   f"(`--soak 1 --hub-wait 5 --report-interval 0.5 --telemetry-interval 1`), hub "
                   f"with `--rollout-tick 0.2 --long-poll-recheck 0.5`; clock from after the push "
