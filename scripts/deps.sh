@@ -40,11 +40,17 @@ PACKAGES=(
   libboost1.74-dev libssl-dev prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev libsodium-dev libsqlite3-dev
   libcurl4-openssl-dev libarchive-dev libzstd-dev libpq-dev
+  # gRPC API (KServe v2 GRPCInferenceService)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  # pipelines: only the OpenCV modules used (libopencv-dev would pull VTK and Qt)
+  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-videoio-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev prometheus
   # the hub's store tests start a throwaway PostgreSQL 15 server (initdb +
   # postgres from /usr/lib/postgresql/15/bin in a temporary directory)
   postgresql-15
+  # the dashboard's browser tests drive Debian's chromium with playwright-core
+  chromium
   # model generation (real architectures, random weights)
   python3 python3-numpy python3-onnx python3-torch python3-torchvision
   # npm registry client (ONNX Runtime library; dashboard assets later)
@@ -53,7 +59,9 @@ PACKAGES=(
 
 install_packages() {
   local missing=() installed
-  installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null |
+  # dpkg-query exits 1 when it has never heard of a package: that is
+  # "missing", not an error.
+  installed=$( (dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null || true) |
     awk '$NF == "installed" {print $1}')
   for p in "${PACKAGES[@]}"; do
     grep -qx "$p" <<<"$installed" || missing+=("$p")
