@@ -24,6 +24,7 @@
 #include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -44,7 +45,9 @@ namespace {
 
 constexpr std::string_view kUsage = R"(usage: loadgen --port N --model NAME [options]
   --host ADDR          server address (default 127.0.0.1)
-  --port N             server port (required)
+  --port N             server port (required; the Host header's port with --unix)
+  --unix PATH          connect to this Unix domain socket (outpost-serve
+                       --http-unix-socket) instead of --host:--port
   --model NAME         model name (required)
   --version V          model version (default: the server's newest)
   --mode binary|json|shm  tensor encoding (default binary); shm = input in a POSIX
@@ -63,7 +66,9 @@ constexpr std::string_view kUsage = R"(usage: loadgen --port N --model NAME [opt
 // and the connection is reopened.
 class Connection {
  public:
-  Connection(std::string host, int port) : host_(std::move(host)), port_(port) {
+  // `unix_path` non-empty: connect to that Unix domain socket instead.
+  Connection(std::string host, int port, std::string unix_path = "")
+      : host_(std::move(host)), port_(port), unix_path_(std::move(unix_path)) {
     buffer_.resize(64 * 1024);
   }
   ~Connection() { Close(); }
@@ -72,6 +77,7 @@ class Connection {
 
   absl::Status Open() {
     Close();
+    if (!unix_path_.empty()) return OpenUnix();
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd_ < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
     int one = 1;
@@ -93,6 +99,26 @@ class Connection {
       absl::Status s =
           absl::UnavailableError(absl::StrCat("connect to ", host_, ":", port_, ": ",
                                               std::strerror(errno), " (is the server running?)"));
+      Close();
+      return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status OpenUnix() {
+    sockaddr_un addr{};
+    if (unix_path_.size() >= sizeof(addr.sun_path)) {
+      return absl::InvalidArgumentError(absl::StrCat("--unix '", unix_path_, "' is too long"));
+    }
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+    int buffer = 4 << 20;
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof(buffer));
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, unix_path_.data(), unix_path_.size());
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      absl::Status s = absl::UnavailableError(absl::StrCat(
+          "connect to ", unix_path_, ": ", std::strerror(errno), " (is the server running?)"));
       Close();
       return s;
     }
@@ -210,6 +236,7 @@ class Connection {
 
   std::string host_;
   int port_;
+  std::string unix_path_;
   int fd_ = -1;
   bool close_after_ = false;
   std::vector<char> buffer_;
@@ -344,8 +371,8 @@ class ShmInput {
 int Main(int argc, char** argv) {
   auto flags_or =
       Flags::Parse(argc, argv,
-                   {"help", "host", "port", "model", "version", "mode", "concurrency", "warmup",
-                    "duration", "requests", "input-name", "shape", "output-name"});
+                   {"help", "host", "port", "unix", "model", "version", "mode", "concurrency",
+                    "warmup", "duration", "requests", "input-name", "shape", "output-name"});
   if (!flags_or.ok()) {
     std::fprintf(stderr, "loadgen: %s\n%s", flags_or.status().message().data(), kUsage.data());
     return 2;
@@ -381,7 +408,8 @@ int Main(int argc, char** argv) {
   if (flags.Has("version")) absl::StrAppend(&base, "/versions/", flags.Get("version"));
 
   TensorInfo info;
-  Connection probe(host, *port);
+  const std::string unix_path = flags.Get("unix");
+  Connection probe(host, *port, unix_path);
   if (flags.Has("input-name") && flags.Has("shape")) {
     info.input_name = flags.Get("input-name");
     const std::string shape = flags.Get("shape");
@@ -448,7 +476,7 @@ int Main(int argc, char** argv) {
 
   std::vector<std::unique_ptr<Connection>> conns;
   for (int i = 0; i < *concurrency; ++i) {
-    conns.push_back(std::make_unique<Connection>(host, static_cast<int>(*port)));
+    conns.push_back(std::make_unique<Connection>(host, static_cast<int>(*port), unix_path));
     if (absl::Status s = conns.back()->Open(); !s.ok()) {
       std::fprintf(stderr, "loadgen: %s\n", s.ToString().c_str());
       return 1;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "bench/bench_common.h"
 
 namespace outpost::bench {
@@ -27,6 +28,8 @@ constexpr std::string_view kUsage = R"(usage: raw_ort --model PATH [options]
   --requests N            measure exactly N runs instead of --duration
   --intra-op-threads N    0 = ONNX Runtime's default, as outpost-serve (default 0)
   --inter-op-threads N    (default 1, as outpost-serve)
+  --session-config K=V,.. ONNX Runtime session config entries, as a model's
+                          config.yaml `session_config` gives outpost-serve
 )";
 
 size_t ElementSize(ONNXTensorElementDataType type) {
@@ -82,6 +85,17 @@ int Run(const Flags& flags) {
   Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "raw_ort");
   Ort::SessionOptions options =
       ServeSessionOptions(static_cast<int>(*intra), static_cast<int>(*inter));
+  for (absl::string_view entry :
+       absl::StrSplit(flags.Get("session-config"), ',', absl::SkipEmpty())) {
+    const size_t eq = entry.find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      std::fprintf(stderr, "raw_ort: --session-config wants KEY=VALUE, got '%.*s'\n",
+                   static_cast<int>(entry.size()), entry.data());
+      return 2;
+    }
+    options.AddConfigEntry(std::string(entry.substr(0, eq)).c_str(),
+                           std::string(entry.substr(eq + 1)).c_str());
+  }
   auto session_or = LoadSession(env, model, options);
   if (!session_or.ok()) {
     std::fprintf(stderr, "raw_ort: %s\n", session_or.status().ToString().c_str());
@@ -171,6 +185,6 @@ int Run(const Flags& flags) {
 int main(int argc, char** argv) {
   return outpost::bench::ToolMain(argc, argv, "raw_ort",
                                   {"help", "model", "concurrency", "warmup", "duration", "requests",
-                                   "intra-op-threads", "inter-op-threads"},
+                                   "intra-op-threads", "inter-op-threads", "session-config"},
                                   outpost::bench::kUsage, outpost::bench::Run);
 }

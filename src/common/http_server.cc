@@ -2,6 +2,9 @@
 
 #include <openssl/ssl.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +13,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/ssl.hpp>
@@ -52,6 +56,8 @@ using Strand = asio::strand<asio::io_context::executor_type>;
 using Socket = asio::basic_stream_socket<tcp, Strand>;
 using Timer = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, Strand>;
 using TlsStream = asio::ssl::stream<Socket>;
+using local = asio::local::stream_protocol;
+using LocalSocket = asio::basic_stream_socket<local, Strand>;
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr size_t kReadChunk = 64 * 1024;
@@ -170,9 +176,11 @@ namespace {
 template <class Stream>
 class Session final : public SessionBase {
  public:
-  static constexpr bool kTls = !std::is_same_v<Stream, Socket>;
+  static constexpr bool kTls = std::is_same_v<Stream, TlsStream>;
+  // The socket under the stream: TCP, or a Unix domain socket (never TLS).
+  using RawSocket = std::conditional_t<kTls, Socket, Stream>;
 
-  Session(Core& core, Socket&& socket) requires(!kTls)
+  Session(Core& core, RawSocket&& socket) requires(!kTls)
       : core_(core), stream_(std::move(socket)), timer_(stream_.get_executor()) {}
   Session(Core& core, Socket&& socket, asio::ssl::context& ssl) requires(kTls)
       : core_(core), stream_(std::move(socket), ssl), timer_(stream_.get_executor()) {}
@@ -227,7 +235,7 @@ class Session final : public SessionBase {
 
   std::shared_ptr<Session> Self() { return std::static_pointer_cast<Session>(shared_from_this()); }
 
-  Socket& socket() {
+  RawSocket& socket() {
     if constexpr (kTls) {
       return stream_.next_layer();
     } else {
@@ -505,7 +513,7 @@ class Session final : public SessionBase {
       stream_.async_shutdown([self = Self()](error_code) { self->Finish(); });
     } else {
       error_code ignored;
-      socket().shutdown(tcp::socket::shutdown_send, ignored);
+      socket().shutdown(asio::socket_base::shutdown_send, ignored);
       buffer_.clear();
       Drain();
     }
@@ -610,6 +618,9 @@ struct Server::Impl : Core {
   std::optional<asio::ssl::context> ssl;
   asio::io_context ioc;
   tcp::acceptor acceptor{asio::make_strand(ioc)};
+  // The optional Unix domain socket listener (options.unix_socket_path).
+  local::acceptor local_acceptor{asio::make_strand(ioc)};
+  asio::steady_timer local_accept_retry{local_acceptor.get_executor()};
   asio::steady_timer accept_retry{acceptor.get_executor()};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::vector<std::thread> threads;
@@ -638,15 +649,33 @@ struct Server::Impl : Core {
     });
   }
 
+  void AcceptLocal() {
+    local_acceptor.async_accept(asio::make_strand(ioc), [this](error_code ec, LocalSocket socket) {
+      if (ec == asio::error::operation_aborted || !local_acceptor.is_open()) return;
+      if (ec) {
+        spdlog::warn("http: accept on {} failed: {}", options.unix_socket_path, ec.message());
+        local_accept_retry.expires_after(std::chrono::milliseconds(50));
+        local_accept_retry.async_wait([this](error_code ec) {
+          if (!ec) AcceptLocal();
+        });
+        return;
+      }
+      Register(std::make_shared<Session<LocalSocket>>(*this, std::move(socket)));
+      AcceptLocal();
+    });
+  }
+
   void OnAccept(Socket socket) {
     error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    std::shared_ptr<SessionBase> session;
     if (ssl) {
-      session = std::make_shared<Session<TlsStream>>(*this, std::move(socket), *ssl);
+      Register(std::make_shared<Session<TlsStream>>(*this, std::move(socket), *ssl));
     } else {
-      session = std::make_shared<Session<Socket>>(*this, std::move(socket));
+      Register(std::make_shared<Session<Socket>>(*this, std::move(socket)));
     }
+  }
+
+  void Register(std::shared_ptr<SessionBase> session) {
     {
       absl::MutexLock lock(&sessions_mu);
       if (!accepting) return;  // stopping: the socket closes with the session
@@ -674,6 +703,7 @@ struct Server::Impl : Core {
     started = true;
     work.emplace(ioc.get_executor());
     Accept();
+    if (local_acceptor.is_open()) AcceptLocal();
     const int n = std::max(1, options.threads);
     threads.reserve(n);
     for (int i = 0; i < n; ++i) threads.emplace_back([this, i] { RunThread(i); });
@@ -695,6 +725,11 @@ struct Server::Impl : Core {
         error_code ignored;
         acceptor.close(ignored);
         accept_retry.cancel();
+      });
+      asio::post(local_acceptor.get_executor(), [this] {
+        error_code ignored;
+        local_acceptor.close(ignored);
+        local_accept_retry.cancel();
       });
       for (auto& session : open) session->BeginShutdown();
       open.clear();
@@ -718,6 +753,10 @@ struct Server::Impl : Core {
     threads.clear();
     error_code ignored;
     acceptor.close(ignored);
+    if (local_acceptor.is_open() || !options.unix_socket_path.empty()) {
+      local_acceptor.close(ignored);
+      if (!options.unix_socket_path.empty()) ::unlink(options.unix_socket_path.c_str());
+    }
     // Connections still open (a handler kept its Responder past the grace
     // period) are closed here; ones owned by pending handlers go with ioc.
     std::unordered_map<SessionBase*, std::shared_ptr<SessionBase>> rest;
@@ -780,6 +819,52 @@ absl::Status LoadTls(const ServerOptions& options, std::optional<asio::ssl::cont
   return absl::OkStatus();
 }
 
+// Listens on a Unix domain socket at `path`, mode 0660 (the owner's group
+// may connect: file permissions are its access control). A socket file
+// left by a server that died is replaced; anything else at `path`, or a
+// socket another server still answers on, is an error.
+absl::Status ListenLocal(const std::string& path, local::acceptor& acceptor) {
+  if (path.size() >= sizeof(sockaddr_un::sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("unix socket path '", path, "' is longer than ",
+                                                   sizeof(sockaddr_un::sun_path) - 1, " bytes"));
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unix socket path '", path, "' exists and is not a socket"));
+    }
+    local::socket probe(acceptor.get_executor());
+    error_code probe_ec;
+    probe.connect(local::endpoint(path), probe_ec);
+    if (!probe_ec) {
+      return absl::UnavailableError(
+          absl::StrCat("another server is listening on unix socket '", path, "'"));
+    }
+    ::unlink(path.c_str());  // stale: its server is gone
+  }
+  error_code ec;
+  acceptor.open(local(), ec);
+  if (!ec) acceptor.bind(local::endpoint(path), ec);
+  if (ec) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot bind unix socket '", path, "': ", ec.message()));
+  }
+  if (::chmod(path.c_str(), 0660) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    return absl::UnavailableError(
+        absl::StrCat("cannot set permissions on unix socket '", path, "': ", std::strerror(err)));
+  }
+  acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    ::unlink(path.c_str());
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on unix socket '", path, "': ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options, Handler handler) {
@@ -828,6 +913,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options, Ha
     return absl::UnavailableError(absl::StrCat("cannot listen on ", where, ": ", ec.message()));
   }
   impl->port = acceptor.local_endpoint(ec).port();
+  if (!options.unix_socket_path.empty()) {
+    RETURN_IF_ERROR(ListenLocal(options.unix_socket_path, impl->local_acceptor));
+  }
   impl->options = std::move(options);
   impl->handler = std::move(handler);
   return std::unique_ptr<Server>(new Server(std::move(impl)));

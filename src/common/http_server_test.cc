@@ -7,6 +7,10 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <boost/asio/connect.hpp>
@@ -29,6 +33,7 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
@@ -813,6 +818,109 @@ TEST(HttpServerTest, LargeBodyRoundTripLatency) {
   double micros = std::chrono::duration<double, std::micro>(Clock::now() - start).count() / kRounds;
   std::printf("600 KB POST round trip (client + server, loopback): %.1f us\n", micros);
   EXPECT_LT(micros, kSanitized ? 50000 : 5000);
+}
+
+// One blocking request over a Unix domain socket; returns the raw response
+// ("" when connecting failed).
+std::string UnixRoundTrip(const std::string& path, std::string_view request) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  timeval timeout{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  for (size_t sent = 0; sent < request.size();) {
+    ssize_t n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, n);
+  ::close(fd);
+  return out;
+}
+
+class UnixSocketTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir_template[] = "/tmp/outpost-http-unix-XXXXXX";
+    ASSERT_NE(mkdtemp(dir_template), nullptr);
+    dir_ = dir_template;
+    path_ = dir_ + "/serve.sock";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string dir_;
+  std::string path_;
+};
+
+TEST_F(UnixSocketTest, ServesBesideTcpWithOwnerAndGroupOnlyAndRemovesTheSocketOnStop) {
+  ServerOptions options;
+  options.unix_socket_path = path_;
+  auto server = StartServer(options, EchoHandler(nullptr));
+  ASSERT_TRUE(server);
+  struct stat st;
+  ASSERT_EQ(::lstat(path_.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0660);
+
+  const std::string payload(700 * 1024, 't');  // a tensor-sized body
+  std::string response = UnixRoundTrip(
+      path_, absl::StrCat("POST /post HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ",
+                          payload.size(), "\r\n\r\n", payload));
+  ASSERT_TRUE(absl::StartsWith(response, "HTTP/1.1 200")) << response.substr(0, 200);
+  const size_t body_at = response.find("\r\n\r\n");
+  ASSERT_NE(body_at, std::string::npos);
+  nlohmann::json body = nlohmann::json::parse(response.substr(body_at + 4), nullptr, false);
+  ASSERT_TRUE(body.is_object());
+  EXPECT_EQ(body["size"], payload.size());
+
+  // TCP still serves.
+  TestClient tcp_client(server->port());
+  ASSERT_FALSE(tcp_client.connect_error());
+  EXPECT_EQ(tcp_client.RoundTrip(MakeRequest(bhttp::verb::get, "/x")).result(), Status::ok);
+
+  server->Stop();
+  EXPECT_FALSE(std::filesystem::exists(path_));
+  EXPECT_EQ(UnixRoundTrip(path_, "GET / HTTP/1.1\r\n\r\n"), "");
+}
+
+TEST_F(UnixSocketTest, ReplacesAStaleSocketButNotALiveOneOrAFile) {
+  {
+    // A socket file whose server died without removing it.
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path_.c_str());
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::close(fd);
+  }
+  ServerOptions options;
+  options.unix_socket_path = path_;
+  auto first = StartServer(options, EchoHandler(nullptr));
+  ASSERT_TRUE(first);
+  EXPECT_TRUE(absl::StartsWith(
+      UnixRoundTrip(path_, "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+      "HTTP/1.1 200"));
+
+  auto second = Server::Create(options, EchoHandler(nullptr));
+  ASSERT_FALSE(second.ok());
+  EXPECT_TRUE(absl::IsUnavailable(second.status())) << second.status();
+  EXPECT_NE(std::string(second.status().message()).find("another server"), std::string::npos);
+  first->Stop();
+
+  std::FILE* f = std::fopen(path_.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  auto third = Server::Create(options, EchoHandler(nullptr));
+  ASSERT_FALSE(third.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(third.status())) << third.status();
+  EXPECT_TRUE(std::filesystem::is_regular_file(path_));  // not deleted
 }
 
 }  // namespace

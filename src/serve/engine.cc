@@ -211,6 +211,9 @@ Ort::SessionOptions MakeSessionOptions(const ModelConfig& config) {
   options.SetInterOpNumThreads(config.inter_op_threads);
   options.SetExecutionMode(ORT_SEQUENTIAL);
   if (!config.cpu_arena) options.DisableCpuMemArena();
+  for (const auto& [key, value] : config.session_config) {
+    options.AddConfigEntry(key.c_str(), value.c_str());
+  }
   return options;
 }
 

@@ -617,6 +617,24 @@ TEST(EngineTest, ConcurrentRunsFromFourThreads) {
   EXPECT_THAT(failures, ElementsAre(0, 0, 0, 0));
 }
 
+TEST(EngineTest, SessionConfigEntriesReachOnnxRuntime) {
+  // An entry ONNX Runtime acts on at load: forbidding the CPU provider's
+  // fallback fails a CPU-only session, so the entry must have got there.
+  ModelConfig config;
+  config.session_config = {{"session.disable_cpu_ep_fallback", "1"}};
+  auto refused = Engine::Create(Options("tiny", 1, config));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("fallback"));
+  // Entries that only tune the thread pool load and run as usual.
+  config.session_config = {{"session.intra_op.allow_spinning", "0"},
+                           {"session.force_spinning_stop", "1"}};
+  auto engine = MustCreate(Options("tiny", 1, config));
+  ASSERT_NE(engine, nullptr);
+  std::vector<float> x(64, 0.25f);
+  EXPECT_TRUE(engine->Run(std::vector{Input("input", DataType::kFp32, {1, 64}, x)}).ok());
+}
+
 TEST(EngineTest, SessionOptionsFromConfigWork) {
   ModelConfig config;
   config.cpu_arena = false;

@@ -22,21 +22,11 @@
 namespace outpost::serve {
 namespace {
 
-constexpr std::array<std::string_view, 15> kTopLevelKeys = {"max_batch_size",
-                                                            "dynamic_batching",
-                                                            "max_queue_size",
-                                                            "instance_count",
-                                                            "execution_providers",
-                                                            "strict_providers",
-                                                            "intra_op_threads",
-                                                            "inter_op_threads",
-                                                            "graph_optimization",
-                                                            "cpu_arena",
-                                                            "warmup",
-                                                            "version_policy",
-                                                            "inputs",
-                                                            "outputs",
-                                                            "labels"};
+constexpr std::array<std::string_view, 16> kTopLevelKeys = {
+    "max_batch_size",      "dynamic_batching", "max_queue_size",   "instance_count",
+    "execution_providers", "strict_providers", "intra_op_threads", "inter_op_threads",
+    "graph_optimization",  "cpu_arena",        "session_config",   "warmup",
+    "version_policy",      "inputs",           "outputs",          "labels"};
 constexpr std::array<std::string_view, 2> kDynamicBatchingKeys = {"max_queue_delay_us",
                                                                   "preferred_batch_sizes"};
 constexpr std::array<std::string_view, 1> kWarmupKeys = {"iterations"};
@@ -244,6 +234,8 @@ class ConfigParser {
             ASSIGN_OR_RETURN(config.graph_optimization, ParseGraphOptimization(value, key));
           } else if (name == "cpu_arena") {
             ASSIGN_OR_RETURN(config.cpu_arena, Bool(value, key));
+          } else if (name == "session_config") {
+            ASSIGN_OR_RETURN(config.session_config, ParseSessionConfig(value, key));
           } else if (name == "warmup") {
             return ParseWarmup(value, key, config);
           } else if (name == "version_policy") {
@@ -318,6 +310,27 @@ class ConfigParser {
       if (name == "all") return GraphOptimization::kAll;
     }
     return Error(key, Cat("must be one of disable, basic, extended, all, got ", Describe(node)));
+  }
+
+  // A map of ONNX Runtime session config keys to scalar values. The keys
+  // are ONNX Runtime's (it ignores ones it does not know), so only their
+  // form is checked here.
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseSessionConfig(
+      const YAML::Node& node, std::string_view key) {
+    RETURN_IF_ERROR(RequireMap(node, key, "{session.intra_op.allow_spinning: \"0\"}"));
+    std::vector<std::pair<std::string, std::string>> entries;
+    for (const auto& entry : node) {
+      const YAML::Node& name = entry.first;
+      if (!name.IsScalar() || name.Scalar().empty()) {
+        return Error(key, Cat("keys must be ONNX Runtime config names, got ", Describe(name)));
+      }
+      const std::string path = Cat(key, ".", name.Scalar());
+      if (!entry.second.IsScalar()) {
+        return Error(path, Cat("must be a string or number, got ", Describe(entry.second)));
+      }
+      entries.emplace_back(name.Scalar(), entry.second.Scalar());
+    }
+    return entries;
   }
 
   absl::Status ParseWarmup(const YAML::Node& node, std::string_view key, ModelConfig& config) {

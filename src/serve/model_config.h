@@ -12,6 +12,8 @@
 //   inter_op_threads: 1
 //   graph_optimization: all      # disable | basic | extended | all
 //   cpu_arena: true              # ONNX Runtime CPU memory arena
+//   session_config:              # ONNX Runtime session config entries, passed as they are
+//     session.intra_op.allow_spinning: "1"   # (onnxruntime_session_options_config_keys.h)
 //   warmup: { iterations: 1 }    # warm-up runs with zero inputs at load (0 = none)
 //   version_policy: latest       # latest | all | {latest: N} | {specific: [1, 3]}
 //   inputs:  [{name: x, datatype: FP32, shape: [3, 224, 224]}]   # optional overrides;
@@ -28,6 +30,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -66,6 +69,9 @@ struct ModelConfig {
   int inter_op_threads = 1;
   GraphOptimization graph_optimization = GraphOptimization::kAll;
   bool cpu_arena = true;
+  // Extra ONNX Runtime session config entries (key, value), in file order;
+  // they override the ones outpost-serve sets itself.
+  std::vector<std::pair<std::string, std::string>> session_config;
   int warmup_iterations = 1;
   VersionPolicy version_policy;
   std::vector<TensorSpec> inputs;   // overrides; empty = from the model

@@ -250,6 +250,25 @@ TEST(ModelConfigTest, Booleans) {
             "models/m/config.yaml: key 'cpu_arena': must be true or false, got '1'");
 }
 
+TEST(ModelConfigTest, SessionConfigEntriesPassThroughInOrder) {
+  absl::StatusOr<ModelConfig> config =
+      Parse("session_config:\n  session.intra_op.allow_spinning: \"0\"\n"
+            "  session.dynamic_block_base: 4\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->session_config.size(), 2u);
+  EXPECT_EQ(config->session_config[0],
+            std::make_pair(std::string("session.intra_op.allow_spinning"), std::string("0")));
+  EXPECT_EQ(config->session_config[1],
+            std::make_pair(std::string("session.dynamic_block_base"), std::string("4")));
+  EXPECT_TRUE(Parse("")->session_config.empty());
+  EXPECT_EQ(ErrorOf("session_config: [a, b]\n"),
+            "models/m/config.yaml: key 'session_config': must be a map (e.g. "
+            "{session.intra_op.allow_spinning: \"0\"}), got a list");
+  EXPECT_EQ(ErrorOf("session_config:\n  session.x: [1]\n"),
+            "models/m/config.yaml: key 'session_config.session.x': must be a string or number, "
+            "got a list");
+}
+
 TEST(ModelConfigTest, Threads) {
   EXPECT_EQ(ErrorOf("intra_op_threads: -1\n"),
             "models/m/config.yaml: key 'intra_op_threads': must be >= 0, got -1");
