@@ -574,14 +574,16 @@ TEST_F(HubCommandsTest, RolloutStartWatchCompletesAndExitsZero) {
 TEST_F(HubCommandsTest, WatchedRolloutThatHaltsExitsOneWithTheReason) {
   std::vector<std::string> devices = EnrollDevices(2);
   ASSERT_EQ(Run({"release", "push", Bundle("r1", 1, &key_.private_key)}).code, 0);
-  Result start =
-      Run({"rollout", "start", "r1", "--waves", "1,100%", "--soak", "0", "--p95-regression", "80",
-           "--max-error-rate", "0.1", "--window", "00:00-23:59:59", "--json"});
+  Result start = Run({"rollout", "start", "r1", "--waves", "1,100%", "--soak", "0",
+                      "--p95-regression", "80", "--max-error-rate", "0.1", "--max-drift-psi", "0.3",
+                      "--max-offline", "1", "--window", "00:00-23:59:59", "--json"});
   ASSERT_EQ(start.code, 0) << start;
   int64_t id = start.Json()["id"];
   EXPECT_EQ(start.Json()["device_count"], 2);
   EXPECT_EQ(start.Json()["plan"]["gates"]["p95_regression_pct"], 80);
   EXPECT_EQ(start.Json()["plan"]["gates"]["max_error_rate"], 0.1);
+  EXPECT_EQ(start.Json()["plan"]["gates"]["max_drift_psi"], 0.3);
+  EXPECT_EQ(start.Json()["plan"]["gates"]["max_offline"], 1);
   EXPECT_EQ(start.Json()["plan"]["maintenance_window"]["end"], "23:59:59");
   EXPECT_EQ(Run({"rollout", "start", "r1", "--window", "0200"}).code, 2);
 

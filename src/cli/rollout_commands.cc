@@ -226,6 +226,8 @@ struct StartArgs {
   double max_failure_rate = 0;
   double p95_regression_pct = 0;
   double max_error_rate = 0;
+  double max_drift_psi = 0;
+  int64_t max_offline = 0;
   std::string window;  // "HH:MM-HH:MM", devices' local time
   std::string site;
   std::vector<std::string> labels;
@@ -239,6 +241,8 @@ struct StartArgs {
   CLI::Option* max_failure_rate_option = nullptr;
   CLI::Option* p95_option = nullptr;
   CLI::Option* error_rate_option = nullptr;
+  CLI::Option* drift_option = nullptr;
+  CLI::Option* offline_option = nullptr;
 };
 
 absl::Status StartRollout(const StartArgs& a, Context& c) {
@@ -253,6 +257,8 @@ absl::Status StartRollout(const StartArgs& a, Context& c) {
   if (a.max_failure_rate_option->count() > 0) gates["max_failure_rate"] = a.max_failure_rate;
   if (a.p95_option->count() > 0) gates["p95_regression_pct"] = a.p95_regression_pct;
   if (a.error_rate_option->count() > 0) gates["max_error_rate"] = a.max_error_rate;
+  if (a.drift_option->count() > 0) gates["max_drift_psi"] = a.max_drift_psi;
+  if (a.offline_option->count() > 0) gates["max_offline"] = a.max_offline;
   if (!gates.empty()) body["gates"] = gates;
   if (!a.window.empty()) {
     size_t dash = a.window.find('-');
@@ -380,6 +386,17 @@ void AddRolloutCommands(CLI::App& app, CommandRegistry& r) {
           ->add_option("--max-error-rate", a.max_error_rate,
                        "halt above this inference error rate (0..1, hub default 0.05)")
           ->check(CLI::Range(0.0, 1.0));
+  a.drift_option = start
+                       ->add_option("--max-drift-psi", a.max_drift_psi,
+                                    "halt when the wave's output drift (population stability "
+                                    "index against the bundle's baseline) exceeds this (hub "
+                                    "default 0.25; 0 turns the gate off)")
+                       ->check(CLI::NonNegativeNumber);
+  a.offline_option = start
+                         ->add_option("--max-offline", a.max_offline,
+                                      "halt when more than this many devices fall silent after "
+                                      "taking the release (hub default 0)")
+                         ->check(CLI::NonNegativeNumber);
   start->add_option("--window", a.window,
                     "maintenance window HH:MM-HH:MM in the devices' local time: download at "
                     "once, install only inside it");

@@ -55,7 +55,9 @@ nlohmann::json DeviceJson(const Device& device, TimeMs now);
 nlohmann::json ReleaseJson(const Release& release);
 nlohmann::json RolloutJson(const Rollout& rollout);
 
-// A device counts as online when it was seen within this window.
-inline constexpr TimeMs kOnlineWindowMs = 3 * 60 * 1000;
+// A device counts as online when it was seen within this window: the
+// longest long poll the hub holds (HubOptions::max_long_poll, 300 s) plus a
+// minute, so a connected device idling on its poll never looks offline.
+inline constexpr TimeMs kOnlineWindowMs = 6 * 60 * 1000;
 
 }  // namespace outpost::hub

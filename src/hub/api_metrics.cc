@@ -46,7 +46,7 @@ void Metrics(HubContext& hub, Call& call) {
   }
   std::string out;
   Family(&out, "outpost_hub_devices", "gauge",
-         "Enrolled devices by site, status and whether they checked in within 3 minutes");
+         "Enrolled devices by site, status and whether they checked in within 6 minutes (the longest long poll plus a minute)");
   for (const auto& [key, count] : by_site) {
     const auto& [site, status, online] = key;
     StrAppend(&out, "outpost_hub_devices{site=\"", Escape(site), "\",status=\"", status,

@@ -106,7 +106,7 @@ struct Hub::Impl : HubContext {
     absl::StatusOr<std::string> pem = ReadFile(ca_file_);
     return pem.ok() ? *pem : "";
   }
-  TimeMs Now() const override { return NowMs(); }
+  TimeMs Now() const override { return options.clock ? options.clock() : NowMs(); }
   RolloutEngine& rollouts() override { return *rollouts_; }
 
   void DesiredChanged(std::string_view device_id) override {
@@ -135,7 +135,7 @@ struct Hub::Impl : HubContext {
   void Repoll(Parked p) {
     boost::asio::post(*pool, [this, p = std::move(p)]() mutable {
       Call& call = *p.call;
-      call.now = NowMs();
+      call.now = Now();
       absl::StatusOr<DesiredDocument> doc = BuildDesired(*this, call.device->id);
       if (!doc.ok()) return call.Fail(doc.status());
       if (doc->etag != p.etag) return SendDesired(call, *doc);
@@ -200,7 +200,7 @@ struct Hub::Impl : HubContext {
     }
     // Everything else may touch the database: off the io thread.
     boost::asio::post(*pool, [this, call, route] {
-      call->now = NowMs();
+      call->now = Now();
       if (!Authenticate(*call, route->access)) return;
       try {
         route->handler(*call);

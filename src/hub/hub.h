@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -61,6 +62,9 @@ struct HubOptions {
   // Largest release bundle accepted by a push.
   uint64_t max_bundle_bytes = 4ull << 30;
   StoreOptions store;
+  // The hub's clock, in ms since the Unix epoch; empty: the system clock.
+  // Tests move it forward to cross time windows (offline devices, soaks).
+  std::function<TimeMs()> clock;
 };
 
 class Hub {

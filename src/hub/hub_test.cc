@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <future>
@@ -34,6 +35,12 @@ class HubTest : public ::testing::Test {
     options.rollout_tick = 50ms;
     options.long_poll_recheck = 200ms;
     options.worker_threads = 4;
+    options.clock = [this] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count() +
+             skew_ms_.load();
+    };
     auto hub = Hub::Create(options);
     ASSERT_TRUE(hub.ok()) << hub.status();
     hub_ = std::move(*hub);
@@ -112,6 +119,8 @@ class HubTest : public ::testing::Test {
     return Call(device, "POST", "/api/v1/device/status", body.dump());
   }
 
+  // Moves the hub's clock forward (HubOptions::clock).
+  std::atomic<int64_t> skew_ms_{0};
   TempDir dir_;
   std::unique_ptr<Hub> hub_;
   std::string admin_;
@@ -402,6 +411,84 @@ TEST_F(HubTest, RolloutHaltsWhenTheCanaryIsSlowerThanItsBaseline) {
   for (int i = 0; i < 3; ++i) {
     EXPECT_TRUE(Json(Call(devices[i], "GET", "/api/v1/device/desired"))["release"].is_null()) << i;
   }
+}
+
+TEST_F(HubTest, RolloutHaltsOnOutputDriftInTheCanary) {
+  std::vector<std::string> devices;
+  for (int i = 0; i < 3; ++i) devices.push_back(Enroll(StrCat("cam-", i)));
+  Push(Bundle("r1", 1, &key_.private_key), 201);
+  HttpResponse created = Call(admin_, "POST", "/api/v1/admin/rollouts",
+                              json{{"release", "r1"},
+                                   {"waves", {1, "100%"}},
+                                   {"soak_s", 30},
+                                   {"gates", {{"max_drift_psi", 0.2}}}}
+                                  .dump());
+  ASSERT_EQ(created.status, 201) << created.body;
+  int64_t id = Json(created)["id"];
+  auto rollout = [&] { return Json(Call(admin_, "GET", StrCat("/api/v1/admin/rollouts/", id))); };
+  auto wait_for = [&](auto predicate) {
+    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
+    return predicate();
+  };
+  ASSERT_TRUE(wait_for([&] { return rollout()["counts"].value("offered", 0) == 1; }));
+  ASSERT_EQ(Report(devices[0], 1, "committed", "r1", "r1").status, 200);
+  std::this_thread::sleep_for(20ms);
+  int batch = 0;
+  auto drift = [&](double psi) {
+    json body = {{"batch_id", StrCat("d", ++batch)},
+                 {"samples",
+                  {{{"metric", "drift_psi"},
+                    {"value", psi},
+                    {"labels", {{"model", "m"}, {"version", "1"}}}}}}};
+    ASSERT_EQ(Call(devices[0], "POST", "/api/v1/device/telemetry", body.dump()).status, 200);
+  };
+  // Outputs distributed like the baseline: soaking goes on.
+  drift(0.05);
+  drift(0.1);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(rollout()["state"], "running") << rollout().dump();
+  EXPECT_DOUBLE_EQ(rollout()["gates"]["wave_drift_psi"].get<double>(), 0.075);
+  // Then they shift.
+  drift(0.6);
+  drift(0.7);
+  ASSERT_TRUE(wait_for([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
+  json gates = rollout()["gates"];
+  EXPECT_NE(gates["halt_reason"].get<std::string>().find("output drift"), std::string::npos)
+      << gates.dump();
+  EXPECT_GT(gates["wave_drift_psi"].get<double>(), 0.2);
+  EXPECT_TRUE(Json(Call(devices[0], "GET", "/api/v1/device/desired"))["release"].is_null());
+  EXPECT_TRUE(Json(Call(devices[1], "GET", "/api/v1/device/desired"))["release"].is_null());
+}
+
+TEST_F(HubTest, RolloutHaltsWhenADeviceFallsSilentAfterTakingTheRelease) {
+  std::vector<std::string> devices;
+  for (int i = 0; i < 3; ++i) devices.push_back(Enroll(StrCat("cam-", i)));
+  Push(Bundle("r1", 1, &key_.private_key), 201);
+  HttpResponse created =
+      Call(admin_, "POST", "/api/v1/admin/rollouts",
+           json{{"release", "r1"}, {"waves", {1, "100%"}}, {"soak_s", 3600}, {"deadline_s", 7200}}
+               .dump());
+  ASSERT_EQ(created.status, 201) << created.body;
+  int64_t id = Json(created)["id"];
+  auto rollout = [&] { return Json(Call(admin_, "GET", StrCat("/api/v1/admin/rollouts/", id))); };
+  auto wait_for = [&](auto predicate) {
+    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
+    return predicate();
+  };
+  ASSERT_TRUE(wait_for([&] { return rollout()["counts"].value("offered", 0) == 1; }));
+  ASSERT_EQ(Report(devices[0], 1, "committed", "r1", "r1").status, 200);
+  // Soaking, the canary still in touch: no breach.
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(rollout()["state"], "running");
+  EXPECT_TRUE(rollout()["gates"]["offline_after_commit"].empty());
+  // Seven minutes without a word from it (others never took r1: not counted).
+  skew_ms_ += 7 * 60 * 1000;
+  ASSERT_TRUE(wait_for([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
+  json gates = rollout()["gates"];
+  EXPECT_NE(gates["halt_reason"].get<std::string>().find("went offline after taking the release"),
+            std::string::npos)
+      << gates.dump();
+  EXPECT_EQ(gates["offline_after_commit"], json::array({"cam-0"}));
 }
 
 }  // namespace

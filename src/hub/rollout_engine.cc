@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <map>
 #include <set>
 
+#include "absl/strings/str_join.h"
 #include "hub/api.h"
 
 namespace outpost::hub {
@@ -80,6 +82,12 @@ absl::StatusOr<RolloutPlan> ParseRolloutPlan(const json& j) {
   RETURN_IF_ERROR(non_negative(gates, "p95_regression_pct", &plan.p95_regression_pct));
   RETURN_IF_ERROR(non_negative(gates, "p95_min_delta_ms", &plan.p95_min_delta_ms));
   RETURN_IF_ERROR(non_negative(gates, "max_error_rate", &plan.max_error_rate));
+  RETURN_IF_ERROR(non_negative(gates, "max_drift_psi", &plan.max_drift_psi));
+  if (gates.contains("max_offline") && gates["max_offline"].is_null()) {
+    plan.offline_gate = false;
+  } else {
+    RETURN_IF_ERROR(non_negative(gates, "max_offline", &plan.max_offline));
+  }
   RETURN_IF_ERROR(non_negative(gates, "min_samples", &plan.min_samples));
   if (j.contains("maintenance_window") && !j["maintenance_window"].is_null()) {
     const json& w = j["maintenance_window"];
@@ -119,6 +127,8 @@ json PlanJson(const RolloutPlan& plan) {
             {"p95_regression_pct", plan.p95_regression_pct},
             {"p95_min_delta_ms", plan.p95_min_delta_ms},
             {"max_error_rate", plan.max_error_rate},
+            {"max_drift_psi", plan.max_drift_psi},
+            {"max_offline", plan.offline_gate ? json(plan.max_offline) : json(nullptr)},
             {"min_samples", plan.min_samples}}}};
 }
 
@@ -189,12 +199,12 @@ GateMeasurements RolloutEngine::Measure(const Rollout& rollout) {
   absl::StatusOr<std::vector<RolloutDevice>> wave =
       hub_.store().ListRolloutDevices(rollout.id, rollout.current_wave);
   if (!wave.ok()) return m;
-  std::vector<double> p95, errors;
+  std::vector<double> p95, errors, drift;
   std::vector<std::string> wave_ids;
   for (const RolloutDevice& d : *wave) {
     wave_ids.push_back(d.device_id);
     if (d.state != RolloutDeviceState::kCommitted) continue;
-    for (const char* metric : {"latency_p95_ms", "error_rate"}) {
+    for (const char* metric : {"latency_p95_ms", "error_rate", "drift_psi"}) {
       absl::StatusOr<std::vector<StoredSample>> samples =
           hub_.store().QueryTelemetry({.device_ids = {d.device_id},
                                        .metric = metric,
@@ -202,11 +212,34 @@ GateMeasurements RolloutEngine::Measure(const Rollout& rollout) {
                                        .by_hub_time = true});
       if (!samples.ok()) continue;
       for (const StoredSample& s : *samples) {
-        (std::string_view(metric) == "error_rate" ? errors : p95).push_back(s.value);
+        const std::string_view name = metric;
+        (name == "error_rate" ? errors : name == "drift_psi" ? drift : p95).push_back(s.value);
       }
     }
   }
   m.samples = static_cast<int64_t>(p95.size());
+  m.drift_samples = static_cast<int64_t>(drift.size());
+  if (!drift.empty()) m.wave_drift_psi = Median(drift);
+  // Devices running the release that have fallen silent: one query for
+  // the release's devices, kept when they committed in this rollout.
+  absl::StatusOr<std::vector<RolloutDevice>> all =
+      hub_.store().ListRolloutDevices(rollout.id, std::nullopt);
+  absl::StatusOr<std::vector<Device>> running =
+      hub_.store().ListDevices({.current_release = rollout.release_id});
+  if (all.ok() && running.ok()) {
+    std::map<std::string_view, TimeMs> committed_at;
+    for (const RolloutDevice& d : *all) {
+      if (d.state == RolloutDeviceState::kCommitted) committed_at[d.device_id] = d.updated_at;
+    }
+    const TimeMs now = hub_.Now();
+    for (const Device& device : *running) {
+      auto it = committed_at.find(device.id);
+      if (it == committed_at.end()) continue;
+      if (now - std::max(device.last_seen_at, it->second) >= kOnlineWindowMs) {
+        m.offline_after_commit.push_back(device.id);
+      }
+    }
+  }
   if (!p95.empty()) m.wave_p95_ms = Median(p95);
   if (!errors.empty()) {
     double sum = 0;
@@ -338,6 +371,21 @@ absl::Status RolloutEngine::Step(int64_t id) {
           *measured.wave_error_rate > plan.max_error_rate) {
         breach = StrCat("inference error rate ", *measured.wave_error_rate, " over the gate ",
                         plan.max_error_rate);
+      }
+      if (measured.wave_drift_psi) gates["wave_drift_psi"] = *measured.wave_drift_psi;
+      if (breach.empty() && plan.max_drift_psi > 0 && measured.wave_drift_psi &&
+          measured.drift_samples >= plan.min_samples &&
+          *measured.wave_drift_psi > plan.max_drift_psi) {
+        breach = StrCat("output drift: population stability index ", *measured.wave_drift_psi,
+                        " over the gate ", plan.max_drift_psi);
+      }
+      gates["offline_after_commit"] = measured.offline_after_commit;
+      if (breach.empty() && plan.offline_gate &&
+          static_cast<int64_t>(measured.offline_after_commit.size()) > plan.max_offline) {
+        breach = StrCat(measured.offline_after_commit.size(),
+                        " device(s) went offline after taking the release (",
+                        absl::StrJoin(measured.offline_after_commit, ", "), "; gate: at most ",
+                        plan.max_offline, ")");
       }
       // Without telemetry a wave is judged on installs alone.
       if (!breach.empty()) {

@@ -10,7 +10,8 @@
 //    "maintenance_window": {"start": "02:00", "end": "04:00"},  local time
 //    "gates": {"max_failures": 0, "max_failure_rate": 0.0,
 //              "p95_regression_pct": 50, "p95_min_delta_ms": 1.0,
-//              "max_error_rate": 0.05, "min_samples": 2}}
+//              "max_error_rate": 0.05, "max_drift_psi": 0.25,
+//              "max_offline": 0, "min_samples": 2}}
 // Measured values and decisions go to Rollout::gates_json:
 //   {"previous": {"<device>": "<release or empty>"}, "failures": N,
 //    "halt_reason": "...", "history": [{"time": ms, "event": "..."}]}
@@ -49,7 +50,15 @@ struct RolloutPlan {
   // ... and by at least this much: sub-millisecond jitter is not a regression.
   double p95_min_delta_ms = 1.0;
   double max_error_rate = 0.05;
-  int64_t min_samples = 2;  // post-commit samples before a telemetry gate judges
+  // Output drift: the wave's median population stability index of the
+  // model's output scores against the baseline its bundle ships
+  // (telemetry `drift_psi`). 0.25 is the usual "significant shift" line.
+  double max_drift_psi = 0.25;
+  // Devices that committed the release and then fell silent (not seen for
+  // kOnlineWindowMs) before the rollout completed: more than this halts.
+  int64_t max_offline = 0;
+  bool offline_gate = true;  // false: "max_offline": null
+  int64_t min_samples = 2;   // post-commit samples before a telemetry gate judges
   // Devices download at once but install only inside this daily window of
   // their own local time ("HH:MM" or "HH:MM:SS"; end before start wraps
   // past midnight). Empty: any time. The deadline still applies: size it
@@ -63,6 +72,11 @@ struct GateMeasurements {
   std::optional<double> baseline_p95_ms;
   std::optional<double> wave_p95_ms;
   std::optional<double> wave_error_rate;
+  std::optional<double> wave_drift_psi;
+  int64_t drift_samples = 0;
+  // Devices that committed this rollout's release and have not been seen
+  // since kOnlineWindowMs (ids, sorted).
+  std::vector<std::string> offline_after_commit;
   int64_t samples = 0;
 };
 
