@@ -117,6 +117,11 @@ RuntimeSummary SummariseRuntime(const std::vector<PromSample>& samples) {
       s.inferences_per_second += p.value;
     } else if (p.name == "outpost_last_inference_timestamp_seconds") {
       s.last_inference_unix = std::max(s.last_inference_unix, p.value);
+    } else if (p.name == "outpost_build_info") {
+      auto version = p.labels.find("version");
+      auto ort = p.labels.find("onnxruntime");
+      if (version != p.labels.end()) s.runtime_version = version->second;
+      if (ort != p.labels.end()) s.onnxruntime_version = ort->second;
     } else if (p.name == "outpost_model_loaded" && p.value > 0) {
       auto model = p.labels.find("model");
       auto version = p.labels.find("version");
@@ -178,6 +183,11 @@ json TelemetryCollector::Collect(int64_t now_ms, int64_t clock_offset_ms) {
     }
     for (const auto& [model, version] : runtime->model_versions) {
       out.push_back(Sample("model_loaded", 1, now_ms, {{"model", model}, {"version", version}}));
+    }
+    if (!runtime->runtime_version.empty()) {
+      out.push_back(Sample(
+          "runtime_info", 1, now_ms,
+          {{"version", runtime->runtime_version}, {"onnxruntime", runtime->onnxruntime_version}}));
     }
     last_runtime_ = runtime;
   }

@@ -37,6 +37,8 @@ struct RuntimeSummary {
   double inferences_per_second = 0;
   double last_inference_unix = 0;                     // 0 = never
   std::map<std::string, std::string> model_versions;  // model -> version serving
+  std::string runtime_version;      // outpost-serve's (outpost_build_info), "" = unknown
+  std::string onnxruntime_version;  // the ONNX Runtime library it runs on
 };
 RuntimeSummary SummariseRuntime(const std::vector<PromSample>& samples);
 

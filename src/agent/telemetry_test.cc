@@ -23,6 +23,7 @@ outpost_inference_latency_seconds{model="b",version="3",quantile="0.99"} NaN
 outpost_inferences_per_second{model="a",version="1"} 12.5
 outpost_last_inference_timestamp_seconds{model="a",version="1"} 1700000000
 outpost_model_loaded{model="a",version="1",provider="cpu"} 1
+outpost_build_info{version="0.4.0",onnxruntime="1.30.0"} 1
 weird line without value
 broken{label="unterminated 3
 escaped{path="a\"b\\c"} 7
@@ -30,7 +31,7 @@ escaped{path="a\"b\\c"} 7
 
 TEST(TelemetryTest, ParsesTheTextFormatAndSkipsBrokenLines) {
   std::vector<PromSample> samples = ParsePrometheusText(kScrape);
-  ASSERT_EQ(samples.size(), 11u);
+  ASSERT_EQ(samples.size(), 12u);
   EXPECT_EQ(samples[0].name, "outpost_inference_requests_total");
   EXPECT_EQ(samples[0].labels.at("status"), "success");
   EXPECT_EQ(samples[0].value, 90);
@@ -48,6 +49,8 @@ TEST(TelemetryTest, SummaryTakesTheWorstModelsQuantilesAndSumsCounters) {
   EXPECT_EQ(s.inferences_per_second, 12.5);
   EXPECT_EQ(s.last_inference_unix, 1700000000);
   EXPECT_EQ(s.model_versions.at("a"), "1");
+  EXPECT_EQ(s.runtime_version, "0.4.0");
+  EXPECT_EQ(s.onnxruntime_version, "1.30.0");
 }
 
 TEST(TelemetryTest, DeviceHealthFromProcAndThermalZones) {

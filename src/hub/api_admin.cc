@@ -286,7 +286,8 @@ void ListDevicesRoute(HubContext& hub, Call& call) {
   if (call.Query("format") == "csv") {
     std::string csv =
         "id,name,site,labels,status,online,last_seen_ms,arch,accelerators,make,model,serial,"
-        "agent_version,current_release,previous_release,update_state,update_reason\n";
+        "agent_version,runtime_version,onnxruntime_version,model_versions,current_release,"
+        "previous_release,update_state,update_reason\n";
     for (const Device& d : *devices) {
       json facts = json::parse(d.facts_json, nullptr, false);
       if (!facts.is_object()) facts = json::object();
@@ -301,9 +302,18 @@ void ListDevicesRoute(HubContext& hub, Call& call) {
       }
       StrAppend(&csv, CsvField(LabelsText(d.labels)), ",", NameOf(d.status), ",",
                 online ? "true" : "false", ",", d.last_seen_at, ",");
-      for (const char* key : {"arch", "accelerators", "make", "model", "serial", "agent_version"}) {
+      for (const char* key : {"arch", "accelerators", "make", "model", "serial", "agent_version",
+                              "runtime_version", "onnxruntime_version"}) {
         StrAppend(&csv, CsvField(fact(key)), ",");
       }
+      std::string models;  // "name=version name=version"
+      if (facts.contains("model_versions") && facts["model_versions"].is_object()) {
+        for (const auto& [name, version] : facts["model_versions"].items()) {
+          StrAppend(&models, models.empty() ? "" : " ", name, "=",
+                    version.is_string() ? version.get<std::string>() : version.dump());
+        }
+      }
+      StrAppend(&csv, CsvField(models), ",");
       StrAppend(&csv, CsvField(d.update.current_release), ",", CsvField(d.update.previous_release),
                 ",", CsvField(d.update.update_state), ",", CsvField(d.update.update_reason), "\n");
     }

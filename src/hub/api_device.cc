@@ -193,6 +193,39 @@ void Status(HubContext& hub, Call& call) {
   call.Reply(http::Status::ok, {{"acknowledged_seq", acknowledged}, {"duplicates", duplicates}});
 }
 
+// The device's facts with what a heartbeat says runs on it (runtime and
+// ONNX Runtime versions, model versions loaded), when that changed them;
+// nullopt otherwise. A heartbeat from a device whose runtime is down leaves
+// the last known versions alone.
+std::optional<std::string> RuntimeInventory(const std::string& facts_json,
+                                            const TelemetryBatch& batch) {
+  std::optional<bool> up;
+  json models = json::object();
+  json runtime;
+  for (const TelemetrySample& s : batch.samples) {
+    if (s.metric == "runtime_up") up = s.value > 0;
+    if (s.metric != "model_loaded" && s.metric != "runtime_info") continue;
+    json labels = json::parse(s.labels_json, nullptr, false);
+    if (!labels.is_object()) continue;
+    if (s.metric == "model_loaded" && labels.value("model", "") != "") {
+      models[labels.value("model", "")] = labels.value("version", "");
+    } else if (s.metric == "runtime_info") {
+      runtime = labels;
+    }
+  }
+  if (!up.value_or(false)) return std::nullopt;
+  json facts = json::parse(facts_json, nullptr, false);
+  if (!facts.is_object()) facts = json::object();
+  json updated = facts;
+  updated["model_versions"] = models;
+  if (runtime.is_object()) {
+    updated["runtime_version"] = runtime.value("version", "");
+    updated["onnxruntime_version"] = runtime.value("onnxruntime", "");
+  }
+  if (updated == facts) return std::nullopt;
+  return updated.dump();
+}
+
 void Telemetry(HubContext& hub, Call& call) {
   std::optional<json> body = call.JsonBody();
   if (!body) return;
@@ -222,7 +255,9 @@ void Telemetry(HubContext& hub, Call& call) {
   absl::StatusOr<InsertResult> result = hub.store().InsertTelemetryBatch(batch);
   if (!result.ok()) return call.Fail(result.status());
   absl::Status contact = hub.store().RecordDeviceContact(
-      call.device->id, {.seen_at = call.now, .clock_offset_ms = ClockOffset(call)});
+      call.device->id, {.seen_at = call.now,
+                        .clock_offset_ms = ClockOffset(call),
+                        .facts_json = RuntimeInventory(call.device->facts_json, batch)});
   if (!contact.ok()) return call.Fail(contact);
   call.Reply(http::Status::ok, {{"batch_id", batch.batch_id},
                                 {"accepted", static_cast<int64_t>(batch.samples.size())},

@@ -293,9 +293,31 @@ TEST_F(HubTest, StatusReportsAreIdempotentAndUpdateInventory) {
   json newest = Json(Call(admin_, "GET", "/api/v1/admin/devices/cam-1/events"))["events"][0];
   EXPECT_EQ(newest["device_time"], now_ms + skew - 10000);
   EXPECT_NEAR(newest["hub_time"].get<double>(), now_ms - 10000, 2000);
+  // A heartbeat says what runs: the inventory follows it.
+  json beat = {{"batch_id", "inv-1"},
+               {"samples",
+                {{{"metric", "runtime_up"}, {"value", 1}},
+                 {{"metric", "model_loaded"},
+                  {"value", 1},
+                  {"labels", {{"model", "detector"}, {"version", "3"}}}},
+                 {{"metric", "runtime_info"},
+                  {"value", 1},
+                  {"labels", {{"version", "0.4.0"}, {"onnxruntime", "1.30.0"}}}}}}};
+  ASSERT_EQ(Call(device, "POST", "/api/v1/device/telemetry", beat.dump()).status, 200);
+  json facts = Json(Call(admin_, "GET", "/api/v1/admin/devices/cam-1"))["facts"];
+  EXPECT_EQ(facts["model_versions"], json({{"detector", "3"}})) << facts.dump();
+  EXPECT_EQ(facts["runtime_version"], "0.4.0");
+  EXPECT_EQ(facts["onnxruntime_version"], "1.30.0");
+  EXPECT_EQ(facts["arch"], "x86_64");  // enrolment facts kept
+  // A heartbeat while the runtime is down keeps the last known versions.
+  json down = {{"batch_id", "inv-2"}, {"samples", {{{"metric", "runtime_up"}, {"value", 0}}}}};
+  ASSERT_EQ(Call(device, "POST", "/api/v1/device/telemetry", down.dump()).status, 200);
+  EXPECT_EQ(Json(Call(admin_, "GET", "/api/v1/admin/devices/cam-1"))["facts"]["model_versions"],
+            json({{"detector", "3"}}));
   HttpResponse csv = Call(admin_, "GET", "/api/v1/admin/devices?format=csv");
   EXPECT_EQ(csv.Header("content-type"), "text/csv; charset=utf-8");
   EXPECT_NE(csv.body.find("cam-1,cam-1,"), std::string::npos) << csv.body;
+  EXPECT_NE(csv.body.find(",0.4.0,1.30.0,detector=3,"), std::string::npos) << csv.body;
 }
 
 TEST_F(HubTest, ConfigurationLayersMergeWithProvenance) {

@@ -1,5 +1,6 @@
 #include "serve/metrics.h"
 
+#include <onnxruntime_c_api.h>
 #include <prometheus/text_serializer.h>
 
 #include <chrono>
@@ -151,7 +152,15 @@ ServeMetrics::ServeMetrics()
                      .Name("outpost_execution_provider_fallbacks_total")
                      .Help("Preferred execution providers that failed, so the next was used.")
                      .Register(*registry_)),
-      process_(MakeProcessCollector()) {}
+      process_(MakeProcessCollector()) {
+  // What runs here, for inventories (the agent reports it to the hub).
+  prometheus::BuildGauge()
+      .Name("outpost_build_info")
+      .Help("1, labelled with outpost-serve's version and the ONNX Runtime library's.")
+      .Register(*registry_)
+      .Add({{"version", OUTPOST_VERSION}, {"onnxruntime", OrtGetApiBase()->GetVersionString()}})
+      .Set(1);
+}
 
 ServeMetrics::~ServeMetrics() = default;
 
