@@ -21,7 +21,7 @@ cmake --build "$BUILD" --target outpost-serve loadgen raw_ort bare_load
 
 MODELS="$BUILD/bench-models"
 if [[ ! -f "$MODELS/tiny/1/model.onnx" || ! -f "$MODELS/mobilenet_v2/1/model.onnx" ||
-      ! -f "$MODELS/resnet50/1/model.onnx" ]]; then
+      ! -f "$MODELS/resnet50/1/model.onnx" || ! -f "$MODELS/floor_224/1/model.onnx" ]]; then
   echo "bench: generating models into $MODELS (torchvision export, 1-2 minutes)"
   "$PY" "$ROOT/scripts/gen_models.py" --out "$MODELS" --torchvision mobilenet_v2 resnet50
 fi

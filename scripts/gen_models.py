@@ -18,6 +18,9 @@ Layout written (a model repository):
   DIR/add_one_slow/1/model.onnx y = x + 2, plus milliseconds of MatMuls whose result is
                                 multiplied by 0 (a release that passes its
                                 self-tests but is much slower: rollout gates)
+  DIR/floor_224/1/model.onnx    the first 1000 values of an image-sized input, no
+                                compute: FP32[-1, 3, 224, 224] -> FP32[-1, 1000] (the
+                                benchmark's floor: what moving mobilenet's tensors costs)
   DIR/<arch>/1/model.onnx       torchvision architecture, input FP32[-1, 3, 224, 224]
 """
 
@@ -65,6 +68,16 @@ def two_io():
     nodes = [helper.make_node("Mul", ["a", "two"], ["twice_a"]),
              helper.make_node("Add", ["b", "one"], ["b_plus_one"])]
     return make_model(helper.make_graph(nodes, "two_io", [a, b], [ta, bp], [two, one]))
+
+
+def floor_224():
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1000])
+    init = [numpy_helper.from_array(np.array(v, dtype=np.int64), n) for n, v in
+            (("shape", [0, 3 * 224 * 224]), ("starts", [0]), ("ends", [1000]), ("axes", [1]))]
+    nodes = [helper.make_node("Reshape", ["input", "shape"], ["flat"]),
+             helper.make_node("Slice", ["flat", "starts", "ends", "axes"], ["output"])]
+    return make_model(helper.make_graph(nodes, "floor_224", [x], [y], init))
 
 
 def mlp(rng, dims, name):
@@ -148,6 +161,7 @@ def main():
         save(mlp(rng, [256] * 21, "heavy"), args.out, "heavy", 1)
         save(fixed(), args.out, "fixed", 1)
         save(add_slow(rng, 2.0), args.out, "add_one_slow", 1)
+        save(floor_224(), args.out, "floor_224", 1)
     for arch in args.torchvision:
         if not os.path.exists(os.path.join(args.out, arch, "1", "model.onnx")):
             export_torchvision(arch, args.out)
