@@ -46,7 +46,8 @@ void Metrics(HubContext& hub, Call& call) {
   }
   std::string out;
   Family(&out, "outpost_hub_devices", "gauge",
-         "Enrolled devices by site, status and whether they checked in within 6 minutes (the longest long poll plus a minute)");
+         "Enrolled devices by site, status and whether they checked in within 6 minutes (the "
+         "longest long poll plus a minute)");
   for (const auto& [key, count] : by_site) {
     const auto& [site, status, online] = key;
     StrAppend(&out, "outpost_hub_devices{site=\"", Escape(site), "\",status=\"", status,
@@ -69,13 +70,18 @@ void Metrics(HubContext& hub, Call& call) {
       hub.store().ListRollouts({RolloutState::kPending, RolloutState::kRunning,
                                 RolloutState::kPaused, RolloutState::kHalted});
   if (!rollouts.ok()) return call.Fail(rollouts.status());
-  std::string states, waves, failures;
+  std::string states, waves, failures, values, thresholds;
   Family(&states, "outpost_hub_rollout_devices", "gauge",
          "Devices of each unfinished rollout by their state in it");
   Family(&waves, "outpost_hub_rollout_wave", "gauge",
          "Current wave (1-based) of each unfinished rollout; state label is the rollout's");
   Family(&failures, "outpost_hub_rollout_failures", "gauge",
          "Failed or rolled-back devices counted by each unfinished rollout's install gate");
+  Family(&values, "outpost_hub_rollout_gate_value", "gauge",
+         "What each unfinished rollout's gates last measured on its wave (p95 in ms, rates "
+         "and drift as fractions, offline devices as a count)");
+  Family(&thresholds, "outpost_hub_rollout_gate_threshold", "gauge",
+         "Each unfinished rollout's gate thresholds from its plan (0 = gate off)");
   for (const Rollout& r : *rollouts) {
     std::string labels = StrCat("rollout=\"", r.id, "\",release=\"", Escape(r.release_id), "\"");
     absl::StatusOr<std::vector<RolloutDevice>> members = hub.store().ListRolloutDevices(r.id);
@@ -91,8 +97,29 @@ void Metrics(HubContext& hub, Call& call) {
     json gates = json::parse(r.gates_json, nullptr, false);
     int64_t failed = gates.is_object() ? gates.value("failures", int64_t{0}) : 0;
     StrAppend(&failures, "outpost_hub_rollout_failures{", labels, "} ", failed, "\n");
+    if (gates.is_object()) {
+      for (const char* key : {"wave_p95_ms", "baseline_p95_ms", "p95_regression_pct",
+                              "wave_error_rate", "wave_drift_psi"}) {
+        if (gates.contains(key) && gates[key].is_number()) {
+          StrAppend(&values, "outpost_hub_rollout_gate_value{", labels, ",gate=\"", key, "\"} ",
+                    gates[key].get<double>(), "\n");
+        }
+      }
+      if (gates.contains("offline_after_commit") && gates["offline_after_commit"].is_array()) {
+        StrAppend(&values, "outpost_hub_rollout_gate_value{", labels,
+                  ",gate=\"offline_after_commit\"} ", gates["offline_after_commit"].size(), "\n");
+      }
+    }
+    json plan = json::parse(r.waves_json, nullptr, false);
+    if (plan.is_object() && plan.contains("gates") && plan["gates"].is_object()) {
+      for (const auto& [key, value] : plan["gates"].items()) {
+        if (!value.is_number()) continue;
+        StrAppend(&thresholds, "outpost_hub_rollout_gate_threshold{", labels, ",gate=\"",
+                  Escape(key), "\"} ", value.get<double>(), "\n");
+      }
+    }
   }
-  out += states + waves + failures;
+  out += states + waves + failures + values + thresholds;
   Family(&out, "outpost_hub_info", "gauge", "Always 1; the hub's version");
   StrAppend(&out, "outpost_hub_info{version=\"", OUTPOST_VERSION, "\"} 1\n");
 

@@ -428,6 +428,16 @@ TEST_F(HubTest, RolloutHaltsWhenTheCanaryIsSlowerThanItsBaseline) {
       << gates.dump();
   EXPECT_EQ(gates["baseline_p95_ms"], 10);
   EXPECT_EQ(gates["wave_p95_ms"], 32);
+  // The gate values and thresholds are on the fleet /metrics too.
+  std::string metrics = Call(admin_, "GET", "/metrics").body;
+  EXPECT_NE(metrics.find(StrCat("outpost_hub_rollout_gate_value{rollout=\"", id,
+                                "\",release=\"r1\",gate=\"wave_p95_ms\"} 32")),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find(StrCat("outpost_hub_rollout_gate_threshold{rollout=\"", id,
+                                "\",release=\"r1\",gate=\"p95_regression_pct\"} 50")),
+            std::string::npos)
+      << metrics;
   // The canary is sent back (it ran nothing before: desired cleared); the
   // others never saw r1.
   for (int i = 0; i < 3; ++i) {
