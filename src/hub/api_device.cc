@@ -235,7 +235,11 @@ void Telemetry(HubContext& hub, Call& call) {
   batch.received_at = call.now;
   if (batch.batch_id.empty())
     return call.Fail(http::Status::bad_request, "field 'batch_id' is required");
-  // Samples share the batch's time unless they carry their own.
+  // Samples share the batch's time unless they carry their own. On the
+  // hub's clock they are corrected by the offset measured on this upload
+  // (a batch from the offline backlog was taken long before it arrived);
+  // without the device's clock, arrival is all the hub knows.
+  const std::optional<int64_t> offset = MeasuredClockOffset(call);
   const int64_t batch_time = body->value("time_ms", call.now);
   json samples = body->value("samples", json::array());
   if (!samples.is_array()) return call.Fail(http::Status::bad_request, "field 'samples': an array");
@@ -249,6 +253,9 @@ void Telemetry(HubContext& hub, Call& call) {
     sample.metric = s["metric"].get<std::string>();
     sample.value = s["value"].get<double>();
     sample.device_time = s.value("time_ms", batch_time);
+    sample.hub_time = offset && sample.device_time > 0
+                          ? std::min<int64_t>(call.now, sample.device_time - *offset)
+                          : call.now;
     if (s.contains("labels") && s["labels"].is_object()) sample.labels_json = s["labels"].dump();
     batch.samples.push_back(std::move(sample));
   }

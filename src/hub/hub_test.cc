@@ -293,6 +293,21 @@ TEST_F(HubTest, StatusReportsAreIdempotentAndUpdateInventory) {
   json newest = Json(Call(admin_, "GET", "/api/v1/admin/devices/cam-1/events"))["events"][0];
   EXPECT_EQ(newest["device_time"], now_ms + skew - 10000);
   EXPECT_NEAR(newest["hub_time"].get<double>(), now_ms - 10000, 2000);
+  // Telemetry from the same skewed clock, taken 30 s before it was sent
+  // (an offline backlog): stored with both times, on the hub's clock at the
+  // moment it was taken.
+  json backlog = {{"batch_id", "late-1"},
+                  {"time_ms", now_ms + skew - 30000},
+                  {"samples", {{{"metric", "cpu_percent"}, {"value", 12.5}}}}};
+  ASSERT_EQ(Call(device, "POST", "/api/v1/device/telemetry", backlog.dump(),
+                 {{"X-Outpost-Device-Time", StrCat(now_ms + skew)}})
+                .status,
+            200);
+  auto stored = hub_->store().QueryTelemetry({.device_ids = {"cam-1"}, .metric = "cpu_percent"});
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->size(), 1u);
+  EXPECT_EQ((*stored)[0].device_time, now_ms + skew - 30000);
+  EXPECT_NEAR(static_cast<double>((*stored)[0].hub_time), now_ms - 30000, 2000);
   // A heartbeat says what runs: the inventory follows it.
   json beat = {{"batch_id", "inv-1"},
                {"samples",

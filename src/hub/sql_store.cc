@@ -1198,9 +1198,10 @@ class SqlStore final : public Store {
             "INSERT INTO telemetry_samples (device_id, metric, device_time, hub_time, value, "
             "labels) VALUES ";
         std::string device = s.Bind(batch.device_id);
-        std::string hub_time = s.Bind(batch.received_at);
+        std::string received_at = s.Bind(batch.received_at);
         for (size_t i = 0; i < n; ++i) {
           const TelemetrySample& sample = samples[start + i];
+          std::string hub_time = sample.hub_time > 0 ? s.Bind(sample.hub_time) : received_at;
           std::string_view labels =
               sample.labels_json.empty() ? std::string_view("{}") : sample.labels_json;
           StrAppend(&s.sql, i == 0 ? "(" : ", (", device, ", ", s.Bind(sample.metric), ", ",

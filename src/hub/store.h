@@ -263,6 +263,9 @@ struct TelemetrySample {
   TimeMs device_time = 0;
   double value = 0;  // finite
   std::string labels_json = "{}";
+  // When it was taken on the hub's clock (device_time corrected by the
+  // offset measured on the upload); 0 = the batch's received_at.
+  TimeMs hub_time = 0;
 };
 
 // One upload from a device's store-and-forward queue.

@@ -795,11 +795,15 @@ TEST_P(StoreTest, TelemetryBatchesAreIdempotentQueryableAndExpire) {
   EXPECT_EQ(*store_->InsertTelemetryBatch(batch), InsertResult::kDuplicate);
   EXPECT_EQ(*store_->InsertTelemetryBatch({"dev-2", "b-1", 20'000, {{"latency_ms", 1100, 99}}}),
             InsertResult::kInserted);
+  // A sample with its own hub time (taken before its batch arrived).
+  EXPECT_EQ(*store_->InsertTelemetryBatch(
+                {"dev-2", "b-2", 40'000, {{"latency_ms", 1200, 7, "{}", 30'000}}}),
+            InsertResult::kInserted);
 
   TelemetryQuery q;
   q.metric = "latency_ms";
   ASSERT_OK_AND_ASSIGN(auto samples, store_->QueryTelemetry(q));
-  EXPECT_EQ(samples.size(), 226u);  // 225 from dev-1 (not twice) + 1
+  EXPECT_EQ(samples.size(), 227u);  // 225 from dev-1 (not twice) + 2
   q.device_ids = {"dev-1"};
   q.from = 1100;
   q.to = 1110;
@@ -817,6 +821,12 @@ TEST_P(StoreTest, TelemetryBatchesAreIdempotentQueryableAndExpire) {
   ASSERT_OK_AND_ASSIGN(samples, store_->QueryTelemetry(q));
   ASSERT_EQ(samples.size(), 1u);
   EXPECT_EQ(samples[0].device_id, "dev-2");
+  q.from = 25'000;
+  q.to = 35'000;
+  ASSERT_OK_AND_ASSIGN(samples, store_->QueryTelemetry(q));
+  ASSERT_EQ(samples.size(), 1u);
+  EXPECT_EQ(samples[0].hub_time, 30'000);
+  EXPECT_EQ(samples[0].device_time, 1200);
   q = {};
   q.metric = "fps";
   q.limit = 10;
@@ -834,7 +844,7 @@ TEST_P(StoreTest, TelemetryBatchesAreIdempotentQueryableAndExpire) {
   EXPECT_EQ(deleted, 450);
   q = {};
   q.metric = "latency_ms";
-  EXPECT_EQ(store_->QueryTelemetry(q)->size(), 1u);
+  EXPECT_EQ(store_->QueryTelemetry(q)->size(), 2u);  // dev-2's, taken at 20 s and 30 s
   // The batch record expired with its samples: a re-send is stored again.
   EXPECT_EQ(*store_->InsertTelemetryBatch(batch), InsertResult::kInserted);
 }
