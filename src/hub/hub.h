@@ -61,6 +61,11 @@ struct HubOptions {
   // Largest release bundle accepted by a push.
   uint64_t max_bundle_bytes = 4ull << 30;
   StoreOptions store;
+  // The dashboard's built files (web/ bundled by the `dashboard` target).
+  // Empty: `web` next to the executable, else ../share/outpost/web; when
+  // neither exists the hub serves its API without a dashboard. A folder
+  // given here must exist.
+  std::filesystem::path web_dir;
 };
 
 class Hub {
