@@ -300,6 +300,7 @@ async function devicePage(id) {
   const latency = align(s, ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms"]);
   const rate = align(s, ["request_rate"]);
   const errors = align(s, ["error_rate"]);
+  const asPercent = (values) => values.map((v) => (v === null ? null : v * 100));
   const temp = align(s, ["temperature_c"]);
   const last = (n) => (s[n] && s[n].length ? s[n][s[n].length - 1][1] : null);
   const facts = d.facts || {};
@@ -331,7 +332,8 @@ async function devicePage(id) {
         { label: "p50", values: latency.values[0] }, { label: "p95", values: latency.values[1] },
         { label: "p99", values: latency.values[2] }]),
       chart("Throughput (requests/s)", rate.xs, [{ label: "requests/s", values: rate.values[0] }]),
-      chart("Error rate", errors.xs, [{ label: "errors", values: errors.values[0] }]),
+      chart("Error rate (%)", errors.xs, [{ label: "errors %",
+        values: asPercent(errors.values[0]) }]),
       chart("Temperature (°C)", temp.xs, [{ label: "°C", values: temp.values[0] }])),
     h("h2", {}, "Update history"),
     table("Update history", ["When (hub)", "State", "Release", "Reason"],
@@ -412,15 +414,20 @@ async function rolloutsPage() {
 function gateRows(r) {
   const plan = r.plan?.gates || {};
   const g = r.gates || {};
-  const row = (name, measured, threshold, breached, unit = "") => [name,
-    measured === undefined || measured === null ? "—" : `${measured}${unit}`,
-    threshold ? `${threshold}${unit}` : "off",
-    measured === undefined || measured === null || !threshold ? badge("no data", "muted")
-      : breached ? badge("breached", "bad") : badge("within", "ok")];
+  // A threshold of 0 turns the latency and error gates off; install
+  // failures are always gated ("at most N").
+  const row = (name, measured, threshold, breached, unit = "", alwaysOn = false) => {
+    const on = alwaysOn || Boolean(threshold);
+    const missing = measured === undefined || measured === null;
+    return [name, missing ? "—" : `${measured}${unit}`,
+      on ? `${alwaysOn ? "at most " : ""}${threshold}${unit}` : "off",
+      !on ? badge("off", "muted") : missing ? badge("no data", "muted")
+        : breached ? badge("breached", "bad") : badge("within", "ok")];
+  };
   const reg = g.p95_regression_pct;
   return [
     row("Install failures", g.failures ?? 0, plan.max_failures ?? 0,
-      (g.failures ?? 0) > (plan.max_failures ?? 0)),
+      (g.failures ?? 0) > (plan.max_failures ?? 0), "", true),
     row("p95 latency regression", reg === undefined ? null : fmt(reg, 1), plan.p95_regression_pct,
       reg > plan.p95_regression_pct, " %"),
     row("Error rate", g.wave_error_rate === undefined ? null : fmt(g.wave_error_rate, 4),
@@ -553,11 +560,12 @@ async function comparePage(params) {
     h("p", { class: "muted" }, "x: seconds since each device switched to the release."),
     h("div", { class: "charts" }, [
       ["latency_p50_ms", "p50 latency (ms)"], ["latency_p95_ms", "p95 latency (ms)"],
-      ["latency_p99_ms", "p99 latency (ms)"], ["error_rate", "Error rate"],
+      ["latency_p99_ms", "p99 latency (ms)"], ["error_rate", "Error rate (%)"],
       ["request_rate", "Throughput (requests/s)"], ["drift_psi", "Output drift (PSI)"],
     ].map(([metric, label]) => {
-      const pa = c.series[a][metric] || [];
-      const pb = c.series[b][metric] || [];
+      const scale = metric === "error_rate" ? 100 : 1;
+      const pa = (c.series[a][metric] || []).map(([t, v]) => [t, v * scale]);
+      const pb = (c.series[b][metric] || []).map(([t, v]) => [t, v * scale]);
       const span = Math.max(1, ...pa.map((p) => p[0]), ...pb.map((p) => p[0]));
       const n = 30;
       const xs = Array.from({ length: n }, (_, i) => Math.round(((i + 0.5) * span) / n));
