@@ -145,11 +145,7 @@ http::Response WebAssets::Respond(const WebAssets* assets, const http::Request& 
   SetCommonHeaders(response);
   if (fresh) return response;
   response.set(bhttp::field::content_type, file.content_type);
-  if (request.method() == bhttp::verb::head) {
-    response.content_length(file.body.size());
-  } else {
-    response.body() = file.body;
-  }
+  if (request.method() != bhttp::verb::head) response.body() = file.body;
   return response;
 }
 
