@@ -127,8 +127,8 @@ cat <<EOF
 == done
    hub API:     $hub/api/v1   (OpenAPI: docs/openapi.yaml)
    hub metrics: $hub/metrics
-   dashboard:   the web dashboard is not built yet (issue 6); the API and
-                metrics above are what it will show
+   dashboard:   $hub/   (sign in with the admin token in $work/token;
+                the browser will ask you to trust the hub's CA $OUTPOST_HUB_CA)
    CLI:         export OUTPOST_HUB_URL=$hub OUTPOST_HUB_CA=$OUTPOST_HUB_CA \\
                        OUTPOST_HUB_TOKEN=<the admin token in $work/token>
                 $outpost device list

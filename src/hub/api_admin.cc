@@ -12,6 +12,7 @@
 #include "common/atomic_file.h"
 #include "hub/api.h"
 #include "hub/config_merge.h"
+#include "hub/release_compare.h"
 
 namespace outpost::hub {
 namespace {
@@ -332,6 +333,65 @@ void ListDevicesRoute(HubContext& hub, Call& call) {
   call.Reply(
       http::Status::ok,
       {{"devices", out}, {"count", static_cast<int64_t>(devices->size())}, {"online", online}});
+}
+
+// GET /releases/compare?a=R1&b=R2[&site=S][&labels=k=v,...]
+void CompareReleasesRoute(HubContext& hub, Call& call) {
+  std::optional<DeviceFilter> filter = FilterFrom(call);
+  if (!filter) return;
+  absl::StatusOr<json> comparison = CompareReleases(
+      hub.store(), {.release_a = call.Query("a"), .release_b = call.Query("b"), .devices = *filter},
+      call.now);
+  if (!comparison.ok()) return call.Fail(comparison.status());
+  call.Reply(http::Status::ok, *comparison);
+}
+
+// GET /devices/{id}/telemetry?metrics=a,b&window_s=3600: the device's
+// samples of those metrics over the last window, [hub_time_ms, value]
+// pairs oldest first (what the dashboard's device page charts).
+void DeviceTelemetryRoute(HubContext& hub, Call& call) {
+  constexpr int64_t kMaxWindowS = 7 * 24 * 3600;
+  constexpr int64_t kMaxSamples = 5000;
+  constexpr size_t kMaxMetrics = 16;
+  absl::StatusOr<Device> device = hub.store().GetDevice(call.params["id"]);
+  if (!device.ok()) return call.Fail(device.status());
+  int64_t window_s = 3600;
+  if (std::string text = call.Query("window_s"); !text.empty()) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), window_s);
+    if (ec != std::errc() || end != text.data() + text.size() || window_s < 1 ||
+        window_s > kMaxWindowS) {
+      return call.Fail(http::Status::bad_request,
+                       StrCat("query 'window_s': seconds from 1 to ", kMaxWindowS));
+    }
+  }
+  std::vector<std::string> metrics;
+  const std::string list = call.Query("metrics");
+  for (std::string_view rest = list; !rest.empty();) {
+    size_t comma = rest.find(',');
+    std::string_view name = rest.substr(0, comma);
+    if (!name.empty()) metrics.emplace_back(name);
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  if (metrics.empty() || metrics.size() > kMaxMetrics) {
+    return call.Fail(http::Status::bad_request,
+                     StrCat("query 'metrics': 1 to ", kMaxMetrics,
+                            " metric names separated by commas (e.g. latency_p95_ms,error_rate)"));
+  }
+  json series = json::object();
+  for (const std::string& metric : metrics) {
+    absl::StatusOr<std::vector<StoredSample>> samples =
+        hub.store().QueryTelemetry({.device_ids = {device->id},
+                                    .metric = metric,
+                                    .from = call.now - window_s * 1000,
+                                    .by_hub_time = true,
+                                    .limit = kMaxSamples});
+    if (!samples.ok()) return call.Fail(samples.status());
+    json points = json::array();
+    for (const StoredSample& s : *samples) points.push_back({s.hub_time, s.value});
+    series[metric] = std::move(points);
+  }
+  call.Reply(http::Status::ok,
+             {{"device_id", device->id}, {"window_s", window_s}, {"series", std::move(series)}});
 }
 
 void GetDeviceRoute(HubContext& hub, Call& call) {
@@ -689,6 +749,8 @@ void RegisterAdminApi(HubContext& hub, Router& router) {
   add("DELETE", "/bootstrap-tokens/{id}", Access::kOperator, &RevokeBootstrap);
   add("POST", "/releases", Access::kOperator, &PushRelease);
   add("GET", "/releases", Access::kViewer, &ListReleasesRoute);
+  // Before /releases/{id}: the first matching pattern wins.
+  add("GET", "/releases/compare", Access::kViewer, &CompareReleasesRoute);
   add("GET", "/releases/{id}", Access::kViewer, &GetReleaseRoute);
   add("POST", "/releases/{id}/yank", Access::kOperator, &YankReleaseRoute);
   add("GET", "/devices", Access::kViewer, &ListDevicesRoute);
@@ -702,6 +764,7 @@ void RegisterAdminApi(HubContext& hub, Router& router) {
       [](HubContext& h, Call& c) { SetStatusRoute(h, c, DeviceStatus::kDecommissioned); });
   add("GET", "/devices/{id}/events", Access::kViewer, &DeviceEventsRoute);
   add("GET", "/devices/{id}/config", Access::kViewer, &DeviceConfigRoute);
+  add("GET", "/devices/{id}/telemetry", Access::kViewer, &DeviceTelemetryRoute);
   add("GET", "/config", Access::kViewer, &ListLayers);
   add("GET", "/config/fleet", Access::kViewer, &GetLayer);
   add("PUT", "/config/fleet", Access::kOperator, &PutLayer);

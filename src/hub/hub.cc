@@ -22,6 +22,7 @@
 #include "hub/blob_store.h"
 #include "hub/rollout_engine.h"
 #include "hub/router.h"
+#include "hub/web_assets.h"
 
 namespace outpost::hub {
 namespace {
@@ -83,6 +84,7 @@ struct Hub::Impl : HubContext {
   std::unique_ptr<http::Server> server;
   std::unique_ptr<boost::asio::thread_pool> pool;
   std::unique_ptr<RolloutEngine> rollouts_;
+  std::unique_ptr<WebAssets> web_;  // null: the dashboard is not installed
 
   // Parked desired-state polls, by device id.
   struct Parked {
@@ -186,6 +188,10 @@ struct Hub::Impl : HubContext {
     std::string_view target = SV(call->request.target());
     size_t q = target.find('?');
     std::string_view path = target.substr(0, q);
+    if (WebAssets::Owns(path)) {
+      // The dashboard's files are in memory: answered on the io thread.
+      return call->responder.Send(WebAssets::Respond(web_.get(), call->request, path));
+    }
     if (q != std::string_view::npos) call->query = ParseQuery(target.substr(q + 1));
     Router::Miss miss;
     const Route* route =
@@ -352,6 +358,17 @@ absl::StatusOr<std::unique_ptr<Hub>> Hub::Create(HubOptions options) {
                                            : StrCat(impl->server->tls() ? "https" : "http", "://",
                                                     host, ":", impl->server->port());
   while (!impl->url_.empty() && impl->url_.back() == '/') impl->url_.pop_back();
+  fs::path web_dir = options.web_dir.empty() ? WebAssets::DefaultDir() : options.web_dir;
+  absl::StatusOr<std::unique_ptr<WebAssets>> web = WebAssets::Load(web_dir);
+  if (web.ok()) {
+    impl->web_ = std::move(*web);
+    spdlog::info("hub: dashboard at {}/ui/ ({} files from {})", impl->url_,
+                 impl->web_->file_count(), web_dir.string());
+  } else if (!options.web_dir.empty()) {
+    return absl::InvalidArgumentError(StrCat("--web-dir: ", MessageOf(web.status())));
+  } else {
+    spdlog::warn("hub: no dashboard ({}); the API is unaffected", MessageOf(web.status()));
+  }
   impl->options = std::move(options);
   RegisterDeviceApi(*impl, impl->router);
   RegisterAdminApi(*impl, impl->router);

@@ -65,6 +65,11 @@ struct HubOptions {
   // The hub's clock, in ms since the Unix epoch; empty: the system clock.
   // Tests move it forward to cross time windows (offline devices, soaks).
   std::function<TimeMs()> clock;
+  // The dashboard's built files (web/ bundled by the `dashboard` target).
+  // Empty: `web` next to the executable, else ../share/outpost/web; when
+  // neither exists the hub serves its API without a dashboard. A folder
+  // given here must exist.
+  std::filesystem::path web_dir;
 };
 
 class Hub {

@@ -105,6 +105,9 @@ int main(int argc, char** argv) {
                     "Extra DNS name or IP for the own certificate");
   serve->add_flag("--insecure-http", options.insecure_http, "Plain HTTP (loopback addresses only)");
   serve->add_option("--public-url", options.public_url, "URL devices reach the hub at");
+  std::string web_dir;
+  serve->add_option("--web-dir", web_dir,
+                    "Dashboard files (default: web/ next to outpost-hub, or ../share/outpost/web)");
   serve->add_option("--port-file", port_file, "Write the listening port here once serving");
   serve->add_option("--device-poll-interval", poll_interval, "Seconds between device polls");
   serve->add_option("--rollout-tick", rollout_tick, "Seconds between rollout engine passes");
@@ -152,6 +155,7 @@ int main(int argc, char** argv) {
     options.db_url = db;
     options.address = listen;
     options.port = static_cast<uint16_t>(port);
+    options.web_dir = web_dir;
     options.device_poll_interval = std::chrono::seconds(static_cast<int64_t>(poll_interval));
     options.rollout_tick = std::chrono::milliseconds(static_cast<int64_t>(rollout_tick * 1000));
     options.long_poll_recheck = std::chrono::milliseconds(static_cast<int64_t>(recheck * 1000));

@@ -538,5 +538,92 @@ TEST_F(HubTest, RolloutHaltsWhenADeviceFallsSilentAfterTakingTheRelease) {
   EXPECT_EQ(gates["offline_after_commit"], json::array({"cam-0"}));
 }
 
+TEST_F(HubTest, DeviceTelemetryAndReleaseComparisonRoutes) {
+  std::string cam = Enroll("cam-0");
+  int batch = 0;
+  auto telemetry = [&](double p95) {
+    json body = {{"batch_id", StrCat("b", ++batch)},
+                 {"samples",
+                  {{{"metric", "latency_p95_ms"}, {"value", p95}},
+                   {{"metric", "temperature_c"}, {"value", 51}}}}};
+    ASSERT_EQ(Call(cam, "POST", "/api/v1/device/telemetry", body.dump()).status, 200);
+    std::this_thread::sleep_for(5ms);  // distinct hub times
+  };
+  Push(Bundle("r1", 1, &key_.private_key), 201);
+  Push(Bundle("r2", 2, &key_.private_key), 201);
+  ASSERT_EQ(Report(cam, 1, "committed", "r1", "r1").status, 200);
+  std::this_thread::sleep_for(5ms);
+  telemetry(10);
+  telemetry(12);
+  ASSERT_EQ(Report(cam, 2, "committed", "r2", "r2").status, 200);
+  std::this_thread::sleep_for(5ms);
+  telemetry(40);
+
+  HttpResponse series = Call(admin_, "GET",
+                             "/api/v1/admin/devices/cam-0/telemetry?metrics=latency_p95_ms,"
+                             "temperature_c&window_s=600");
+  ASSERT_EQ(series.status, 200) << series.body;
+  EXPECT_EQ(Json(series)["series"]["latency_p95_ms"].size(), 3u);
+  EXPECT_EQ(Json(series)["series"]["latency_p95_ms"][2][1], 40);
+  EXPECT_EQ(Json(series)["series"]["temperature_c"].size(), 3u);
+  EXPECT_EQ(Call(admin_, "GET", "/api/v1/admin/devices/cam-0/telemetry").status, 400);
+  EXPECT_EQ(
+      Call(admin_, "GET", "/api/v1/admin/devices/cam-0/telemetry?metrics=x&window_s=0").status,
+      400);
+  EXPECT_EQ(Call(admin_, "GET", "/api/v1/admin/devices/nope/telemetry?metrics=x").status, 404);
+  EXPECT_EQ(Call("", "GET", "/api/v1/admin/devices/cam-0/telemetry?metrics=x").status, 401);
+
+  // /releases/compare is not taken for a release named "compare".
+  HttpResponse compared = Call(admin_, "GET", "/api/v1/admin/releases/compare?a=r1&b=r2");
+  ASSERT_EQ(compared.status, 200) << compared.body;
+  json c = Json(compared);
+  EXPECT_EQ(c["devices"], json::array({"cam-0"}));
+  EXPECT_EQ(c["releases"]["r1"]["latency_p95_ms"], 11);
+  EXPECT_EQ(c["releases"]["r2"]["latency_p95_ms"], 40);
+  EXPECT_EQ(Call(admin_, "GET", "/api/v1/admin/releases/compare?a=r1&b=r1").status, 400);
+  EXPECT_EQ(Call(admin_, "GET", "/api/v1/admin/releases/compare?a=r1&b=r9").status, 404);
+  EXPECT_EQ(Call(admin_, "GET", "/api/v1/admin/releases/compare?a=r1&b=r2&labels=oops").status,
+            400);
+  EXPECT_EQ(Call(admin_, "GET", "/api/v1/admin/releases/r1").status, 200);
+}
+
+TEST_F(HubTest, RootRedirectsToTheDashboardWhichIsServedFromItsFolder) {
+  HttpResponse root = Call("", "GET", "/");
+  EXPECT_EQ(root.status, 302);
+  EXPECT_EQ(root.Header("location"), "/ui/");
+
+  WriteBytes(dir_ / "web" / "index.html", "<!doctype html><title>hub</title>");
+  HubOptions options;
+  options.data_dir = dir_ / "hub2";
+  options.port = 0;
+  options.web_dir = dir_ / "web";
+  auto hub = Hub::Create(options);
+  ASSERT_TRUE(hub.ok()) << hub.status();
+  (*hub)->Start();
+  auto client = HttpClient::Create({.ca_file = (*hub)->ca_file()});
+  ASSERT_TRUE(client.ok());
+  auto index = (*client)->Send({.url = (*hub)->url() + "/ui/"});
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(index->status, 200);
+  EXPECT_EQ(index->body, "<!doctype html><title>hub</title>");
+  EXPECT_EQ(index->Header("content-type"), "text/html; charset=utf-8");
+  EXPECT_NE(index->Header("content-security-policy").find("default-src 'self'"),
+            std::string_view::npos);
+  // (curl would squash a literal "/../" before sending it.)
+  auto traversal = (*client)->Send({.url = (*hub)->url() + "/ui/%2e%2e/hub.db"});
+  ASSERT_TRUE(traversal.ok());
+  EXPECT_EQ(traversal->status, 400);
+  // The API is unaffected.
+  auto health = (*client)->Send({.url = (*hub)->url() + "/api/v1/health"});
+  ASSERT_TRUE(health.ok());
+  EXPECT_EQ(health->status, 200);
+  (*hub)->Stop();
+
+  // A --web-dir without a dashboard in it is refused at start.
+  options.data_dir = dir_ / "hub3";
+  options.web_dir = dir_ / "nothing-here";
+  EXPECT_EQ(Hub::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace outpost::hub
