@@ -29,10 +29,24 @@ using bundle::testing::WriteBytes;
 class HubTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    StartHub(50ms);
+    admin_ = NewSecret("oat_");
+    ASSERT_TRUE(hub_->store().CreateApiToken("root", Role::kAdmin, HashSecret(admin_), 1).ok());
+    key_ = *bundle::GenerateKeyPair("release-key");
+    WriteBytes(dir_ / "hub" / "trusted-keys" / "release-key.pub",
+               bundle::SerializePublicKey(key_.public_key));
+  }
+  void TearDown() override { hub_->Stop(); }
+
+  // (Re)starts the hub on the same data directory; the engine ticks once at
+  // start, then every `rollout_tick`.
+  void StartHub(std::chrono::milliseconds rollout_tick) {
+    if (hub_) hub_->Stop();
+    hub_.reset();
     HubOptions options;
     options.data_dir = dir_ / "hub";
     options.port = 0;
-    options.rollout_tick = 50ms;
+    options.rollout_tick = rollout_tick;
     options.long_poll_recheck = 200ms;
     options.worker_threads = 4;
     options.clock = [this] {
@@ -45,13 +59,7 @@ class HubTest : public ::testing::Test {
     ASSERT_TRUE(hub.ok()) << hub.status();
     hub_ = std::move(*hub);
     hub_->Start();
-    admin_ = NewSecret("oat_");
-    ASSERT_TRUE(hub_->store().CreateApiToken("root", Role::kAdmin, HashSecret(admin_), 1).ok());
-    key_ = *bundle::GenerateKeyPair("release-key");
-    WriteBytes(dir_ / "hub" / "trusted-keys" / "release-key.pub",
-               bundle::SerializePublicKey(key_.public_key));
   }
-  void TearDown() override { hub_->Stop(); }
 
   // One request as `token` ("" = none).
   HttpResponse Call(const std::string& token, std::string method, const std::string& path,
@@ -623,6 +631,33 @@ TEST_F(HubTest, RootRedirectsToTheDashboardWhichIsServedFromItsFolder) {
   options.data_dir = dir_ / "hub3";
   options.web_dir = dir_ / "nothing-here";
   EXPECT_EQ(Hub::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(HubTest, ARolloutPausedBeforeItsFirstWaveStartsItWhenResumed) {
+  std::string device = Enroll("cam-0");
+  Push(Bundle("r1", 1, &key_.private_key), 201);
+  StartHub(10min);  // the engine ticks once now, then not again in this test
+  HttpResponse created = Call(admin_, "POST", "/api/v1/admin/rollouts",
+                              json{{"release", "r1"}, {"waves", {"100%"}}, {"soak_s", 0}}.dump());
+  ASSERT_EQ(created.status, 201) << created.body;
+  int64_t id = Json(created)["id"];
+  auto rollout = [&] { return Json(Call(admin_, "GET", StrCat("/api/v1/admin/rollouts/", id))); };
+  EXPECT_EQ(rollout()["state"], "pending");
+  ASSERT_EQ(Call(admin_, "POST", StrCat("/api/v1/admin/rollouts/", id, "/pause")).status, 200);
+  EXPECT_EQ(rollout()["state"], "paused");
+  ASSERT_EQ(Call(admin_, "POST", StrCat("/api/v1/admin/rollouts/", id, "/resume")).status, 200);
+  // No wave ever started: it is pending again, so the engine starts wave 1
+  // (a "running" rollout with no device offered would wait forever).
+  EXPECT_EQ(rollout()["state"], "pending");
+  StartHub(50ms);
+  auto wait_for = [&](auto predicate) {
+    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
+    return predicate();
+  };
+  ASSERT_TRUE(wait_for([&] { return rollout()["counts"].value("offered", 0) == 1; }))
+      << rollout().dump();
+  ASSERT_EQ(Report(device, 1, "committed", "r1", "r1").status, 200);
+  EXPECT_TRUE(wait_for([&] { return rollout()["state"] == "completed"; })) << rollout().dump();
 }
 
 }  // namespace

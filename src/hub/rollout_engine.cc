@@ -446,10 +446,15 @@ absl::Status RolloutEngine::Resume(int64_t id) {
       return absl::FailedPreconditionError(StrCat("rollout ", id, " is ", NameOf(r.state),
                                                   ": only a paused or halted rollout resumes"));
     }
+    r.updated_at = hub_.Now();
+    if (r.wave_started_at == 0) {
+      // Paused before its first wave began: the engine starts it.
+      r.state = RolloutState::kPending;
+      return tx.SaveRollout(r);
+    }
     r.state = RolloutState::kRunning;
     // A resumed wave gets a fresh deadline.
-    r.wave_started_at = hub_.Now();
-    r.updated_at = r.wave_started_at;
+    r.wave_started_at = r.updated_at;
     return tx.SaveRollout(r);
   });
 }
