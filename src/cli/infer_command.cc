@@ -283,8 +283,9 @@ std::optional<int> InferCommand::Run(std::ostream& out, std::ostream& err) {
   (*pipeline)->Stop();
   std::fflush(stdout);
   if ((*pipeline)->state() == serve::pipeline::Pipeline::State::kFailed) {
+    // The pipeline has logged why ("outpost infer: error: pipeline 'infer'
+    // stopped: ...") on stderr.
     std::string error = (*pipeline)->error();
-    err << "outpost infer: error: " << error << "\n";
     // A model that does not fit the requested processing is a usage error;
     // an input that cannot be read is an I/O one.
     return error.find("does not fit") != std::string::npos ? kExitUsage : kExitIo;
