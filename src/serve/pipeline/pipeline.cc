@@ -185,11 +185,15 @@ void Pipeline::Fail(const std::string& message) {
     std::lock_guard<std::mutex> lock(mu_);
     if (error_.empty()) error_ = message;
   }
-  // The state changes once the error result is in the sinks.
+  // The state changes once the error result is in the sinks; posted before
+  // the queue closes so the pre thread's "finished" comes after it.
   post_.Post([this] {
     SetState(State::kFailed);
     metrics_->SetUp(false);
   });
+  // Ends the source thread too (its next Push fails): a failed pipeline
+  // must not go on decoding a camera for nothing.
+  queue_.Close();
 }
 
 void Pipeline::SourceLoop() {

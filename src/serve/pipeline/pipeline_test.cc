@@ -183,7 +183,7 @@ TEST_F(PipelineTest, AModelThatDoesNotFitStopsThePipelineWithAClearMessage) {
   Image("red.png", {0, 0, 255});
   auto p = Make(R"(
 name: wrong
-source: {type: folder, path: images, loop: true}
+source: {type: folder, path: images, loop: true, drop: oldest}
 model: color_classifier
 postprocess: {type: detection}
 sinks: [{type: jsonl, path: wrong.jsonl}]
@@ -195,6 +195,11 @@ sinks: [{type: jsonl, path: wrong.jsonl}]
   EXPECT_THAT(p->error(), HasSubstr("model 'color_classifier' version 1 does not fit the pipeline: "
                                     "model output 'probs' is FP32 [-1,3]: detection (yolov5) "
                                     "needs an FP32 output"));
+  // The source stopped too: no frames are read for nothing.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  double frames = p->metrics().frames_received();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(p->metrics().frames_received(), frames);
   p->Stop();
   std::vector<json> results = Results(dir_ / "wrong.jsonl");
   ASSERT_GE(results.size(), 1u);
