@@ -411,6 +411,31 @@ class PipelinesTest(unittest.TestCase):
         resp = self.server.get("/v2/models/color_classifier/ready")
         self.assertEqual(resp.status, 200)
 
+    @unittest.skipUnless(os.path.exists("/usr/bin/promtool"), "needs promtool (prometheus)")
+    def test_promtool_accepts_the_metrics(self):
+        result = subprocess.run(["/usr/bin/promtool", "check", "metrics"],
+                                input=self.server.metrics().encode(), capture_output=True,
+                                timeout=30)
+        self.assertEqual(result.returncode, 0, (result.stdout + result.stderr).decode())
+
+
+@unittest.skipUnless(MEDIA and CLI, "needs OUTPOST_PIPELINE_MEDIA_BIN and OUTPOST_CLI_BIN")
+class BadPipelineFileTest(unittest.TestCase):
+    def test_the_runtime_refuses_to_start_with_a_broken_pipeline_file(self):
+        tmp = tempfile.mkdtemp(prefix="outpost-e2e-badpipeline-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        os.makedirs(f"{tmp}/models")
+        path = f"{tmp}/bad.yaml"
+        with open(path, "w") as f:
+            f.write("name: bad\nsource: {type: cam, path: /dev/video0}\nmodel: m\n"
+                    "postprocess: {type: raw}\nsinks: [{type: stdout}]\n")
+        p = subprocess.run([harness.serve_binary(), "--model-repository", f"{tmp}/models",
+                            "--http-port", "0", "--pipeline", path],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn(f"--pipeline {path}: {path}: key 'source.type': must be one of image, "
+                      "folder, video, camera, url; got 'cam'", p.stdout + p.stderr)
+
 
 @unittest.skipUnless(MEDIA and CLI, "needs OUTPOST_PIPELINE_MEDIA_BIN and OUTPOST_CLI_BIN")
 class InferCliTest(unittest.TestCase):
