@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/videoio.hpp>
+#include <set>
 #include <thread>
 
 namespace outpost::serve::pipeline {
@@ -177,6 +178,44 @@ sinks: [{type: jsonl, path: boxes.jsonl}, {type: queue, path: queue.db}]
     EXPECT_EQ(r["detections"][1]["box"], json({260.0, 0.0, 580.0, 300.0}));
   }
   EXPECT_TRUE(fs::exists(dir_ / "queue.db"));
+}
+
+TEST_F(PipelineTest, AHotSwapIsPickedUpAtTheNextFrame) {
+  Image("red.png", {0, 0, 255});
+  auto p = Make(R"(
+name: swap
+source: {type: folder, path: images, loop: true, drop: oldest}
+model: color_classifier
+postprocess: {type: classification, top_k: 1}
+sinks: [{type: jsonl, path: swap.jsonl}]
+)");
+  ASSERT_NE(p, nullptr);
+  p->Start();
+  auto versions_seen = [&] {
+    std::set<std::string> seen;
+    for (const json& r : Results(dir_ / "swap.jsonl")) {
+      if (r.contains("model_version")) seen.insert(r["model_version"].get<std::string>());
+    }
+    return seen;
+  };
+  auto wait_for = [&](const std::string& version) {
+    for (int i = 0; i < 300 && !versions_seen().count(version); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return versions_seen().count(version) == 1;
+  };
+  ASSERT_TRUE(wait_for("1"));
+  // Version 2 appears on disk and is loaded while frames flow: the next
+  // frames go to it, none fails.
+  fs::copy(dir_ / "models" / "color_classifier" / "1", dir_ / "models" / "color_classifier" / "2",
+           fs::copy_options::recursive);
+  ASSERT_TRUE(repo_->Load("color_classifier").ok());
+  EXPECT_TRUE(wait_for("2"));
+  p->Stop();
+  EXPECT_EQ(p->error_results(), 0);
+  for (const json& r : Results(dir_ / "swap.jsonl")) {
+    EXPECT_EQ(r["classes"][0]["label"], "red") << r.dump();
+  }
 }
 
 TEST_F(PipelineTest, AModelThatDoesNotFitStopsThePipelineWithAClearMessage) {
