@@ -21,6 +21,14 @@ Layout written (a model repository):
   DIR/floor_224/1/model.onnx    the first 1000 values of an image-sized input, no
                                 compute: FP32[-1, 3, 224, 224] -> FP32[-1, 1000] (the
                                 benchmark's floor: what moving mobilenet's tensors costs)
+  DIR/color_classifier/1/model.onnx  image FP32[-1,3,32,32] (RGB, 0..1) -> probs FP32[-1,3]:
+                                softmax(20 x mean of each channel), so the top class
+                                is the image's dominant colour; labels.txt red/green/blue
+  DIR/box_detector/1/model.onnx images FP32[-1,3,64,64] -> output0 FP32[-1,4,7], YOLOv5
+                                rows (cx,cy,w,h,obj,person,car) in input pixels: four fixed
+                                boxes whose objectness is weight x max over pixels of
+                                relu(R - G) (1 for a red frame, 0 for grey, black, blue, green);
+                                labels.txt person/car
   DIR/<arch>/1/model.onnx       torchvision architecture, input FP32[-1, 3, 224, 224]
 """
 
@@ -128,6 +136,64 @@ def add_slow(rng, value, layers=200):
     return make_model(helper.make_graph(nodes, "add_slow", [x], [y], inits))
 
 
+def write_text(out_dir, name, filename, text):
+    path = os.path.join(out_dir, name, filename)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def color_classifier():
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3])
+    gain = numpy_helper.from_array(np.array([20.0], dtype=np.float32), "gain")
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["mean"]),
+             helper.make_node("Flatten", ["mean"], ["flat"], axis=1),
+             helper.make_node("Mul", ["flat", "gain"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    return make_model(helper.make_graph(nodes, "color_classifier", [x], [y], [gain]))
+
+
+# Boxes of box_detector in its 64x64 input: (cx, cy, w, h), objectness weight,
+# class scores. Box 1 overlaps box 0 (same class: NMS drops it), box 2 sits
+# on box 1 with the other class (class-wise NMS keeps it), box 3 stays under
+# any sensible confidence threshold.
+DETECTOR_BOXES = [((20, 20, 16, 16), 0.9, (1, 0)),
+                  ((21, 21, 16, 16), 0.8, (1, 0)),
+                  ((21, 21, 16, 16), 0.85, (0, 1)),
+                  ((48, 48, 8, 8), 0.1, (1, 0))]
+
+
+def box_detector():
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4, 7])
+    boxes = np.array([[b for b in box] for box, _, _ in DETECTOR_BOXES], dtype=np.float32)[None]
+    weights = np.array([[w] for _, w, _ in DETECTOR_BOXES], dtype=np.float32)[None]
+    classes = np.array([c for _, _, c in DETECTOR_BOXES], dtype=np.float32)[None]
+    inits = [numpy_helper.from_array(boxes, "boxes"),
+             numpy_helper.from_array(weights, "weights"),
+             numpy_helper.from_array(classes, "classes"),
+             numpy_helper.from_array(np.array([0], dtype=np.int64), "c0"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "c1"),
+             numpy_helper.from_array(np.array([2], dtype=np.int64), "c2"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+             numpy_helper.from_array(np.array([-1, 1, 1], dtype=np.int64), "shape_n11"),
+             numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero")]
+    nodes = [helper.make_node("Slice", ["images", "c0", "c1", "axis1"], ["red"]),
+             helper.make_node("Slice", ["images", "c1", "c2", "axis1"], ["green"]),
+             helper.make_node("Sub", ["red", "green"], ["redness"]),
+             helper.make_node("Relu", ["redness"], ["redness_pos"]),
+             helper.make_node("GlobalMaxPool", ["redness_pos"], ["peak"]),
+             helper.make_node("Reshape", ["peak", "shape_n11"], ["peak_n11"]),
+             helper.make_node("Mul", ["peak_n11", "weights"], ["objectness"]),
+             # Fixed boxes and class scores broadcast to the batch: + 0 x peak.
+             helper.make_node("Mul", ["peak_n11", "zero"], ["zeros"]),
+             helper.make_node("Add", ["boxes", "zeros"], ["boxes_b"]),
+             helper.make_node("Add", ["classes", "zeros"], ["classes_b"]),
+             helper.make_node("Concat", ["boxes_b", "objectness", "classes_b"], ["output0"], axis=2)]
+    return make_model(helper.make_graph(nodes, "box_detector", [x], [y], inits))
+
+
 def export_torchvision(arch, out_dir):
     import torch
     import torchvision
@@ -162,6 +228,12 @@ def main():
         save(fixed(), args.out, "fixed", 1)
         save(add_slow(rng, 2.0), args.out, "add_one_slow", 1)
         save(floor_224(), args.out, "floor_224", 1)
+        save(color_classifier(), args.out, "color_classifier", 1)
+        write_text(args.out, "color_classifier", "labels.txt", "red\ngreen\nblue\n")
+        write_text(args.out, "color_classifier", "config.yaml", "max_batch_size: 4\nlabels: labels.txt\n")
+        save(box_detector(), args.out, "box_detector", 1)
+        write_text(args.out, "box_detector", "labels.txt", "person\ncar\n")
+        write_text(args.out, "box_detector", "config.yaml", "max_batch_size: 4\nlabels: labels.txt\n")
     for arch in args.torchvision:
         if not os.path.exists(os.path.join(args.out, arch, "1", "model.onnx")):
             export_torchvision(arch, args.out)

@@ -20,6 +20,7 @@
 #include "bundle/signing.h"
 #include "cli/hub_api.h"
 #include "cli/hub_commands.h"
+#include "cli/infer_command.h"
 
 namespace outpost::cli {
 namespace {
@@ -361,6 +362,7 @@ int RunOutpost(int argc, const char* const* argv, std::ostream& out, std::ostrea
   inspect->add_flag("--json", inspect_args.json, "print as JSON");
 
   HubCommands hub_commands(app);
+  InferCommand infer_command(app);
 
   try {
     app.parse(argc, argv);
@@ -383,6 +385,7 @@ int RunOutpost(int argc, const char* const* argv, std::ostream& out, std::ostrea
     if (verify->parsed()) return BundleCheck(verify_args, false, out, err);
     if (unpack->parsed()) return BundleCheck(unpack_args, true, out, err);
     if (inspect->parsed()) return BundleInspect(inspect_args, out, err);
+    if (std::optional<int> code = infer_command.Run(out, err)) return *code;
     // Progress is redrawn in place only on a terminal; logs get lines.
     const bool interactive = &err == &std::cerr && ::isatty(STDERR_FILENO) == 1;
     if (std::optional<int> code = hub_commands.Run(out, err, interactive)) return *code;

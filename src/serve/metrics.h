@@ -93,6 +93,10 @@ class ServeMetrics {
   // Prometheus text exposition format 0.0.4.
   std::string Serialize() const;
 
+  // The registry every family is in, for components that export their own
+  // families on the same /metrics (pipelines).
+  prometheus::Registry& registry() { return *registry_; }
+
  private:
   friend class ModelMetrics;
   std::shared_ptr<prometheus::Registry> registry_;

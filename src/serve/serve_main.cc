@@ -17,6 +17,7 @@
 #include "serve/api_http.h"
 #include "serve/metrics.h"
 #include "serve/model_repository.h"
+#include "serve/pipeline/pipeline.h"
 
 namespace {
 
@@ -63,6 +64,7 @@ int Run(int argc, char** argv) {
   std::string tls_cert, tls_key;
   std::string unix_socket;
   bool allow_insecure = false;
+  std::vector<std::string> pipeline_files;
 
   app.add_option("--model-repository", repository_root,
                  "Model repository: <dir>/<model>/<version>/model.onnx [+ <model>/config.yaml]")
@@ -107,6 +109,9 @@ int Run(int argc, char** argv) {
   app.add_option("--tls-key", tls_key, "PEM private key for --tls-cert");
   app.add_flag("--allow-insecure-http", allow_insecure,
                "Allow plain HTTP on a non-loopback address");
+  app.add_option("--pipeline", pipeline_files,
+                 "Pipeline file (YAML, docs/pipelines.md) to run beside the APIs (repeatable)")
+      ->check(CLI::ExistingFile);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -184,15 +189,35 @@ int Run(int argc, char** argv) {
   }
 
   repo.LoadStartupModels();
+
+  // Pipelines start once the models they use are loaded. A pipeline file
+  // that does not parse, or a sink that cannot open, stops the runtime: a
+  // release with a broken pipeline must fail its health gate, not run half.
+  serve::pipeline::PipelineMetricFamilies pipeline_metrics(metrics.registry());
+  std::vector<std::unique_ptr<serve::pipeline::Pipeline>> pipelines;
+  for (const std::string& file : pipeline_files) {
+    auto config = serve::pipeline::LoadPipelineConfig(file);
+    absl::StatusOr<std::unique_ptr<serve::pipeline::Pipeline>> pipeline =
+        config.ok() ? serve::pipeline::Pipeline::Create(std::move(*config), repo, pipeline_metrics)
+                    : absl::StatusOr<std::unique_ptr<serve::pipeline::Pipeline>>(config.status());
+    if (!pipeline.ok()) {
+      spdlog::error("--pipeline {}: {}", file, outpost::MessageOf(pipeline.status()));
+      (*server)->Stop();
+      return 1;
+    }
+    pipelines.push_back(std::move(*pipeline));
+  }
+  for (auto& pipeline : pipelines) pipeline->Start();
   started.store(true);
   spdlog::info("startup loading finished; ready: {}", repo.AllReady() || !strict_readiness);
 
   outpost::WorkQueue ticker("metrics-tick");
-  ticker.SetPeriodic(std::chrono::seconds(1), [&repo] {
+  ticker.SetPeriodic(std::chrono::seconds(1), [&repo, &pipelines] {
     repo.ForEachVersion([](serve::ModelVersion& version) {
       version.metrics().Tick();
       version.metrics().SetQueueDepth(version.scheduler().queue_depth());
     });
+    for (auto& pipeline : pipelines) pipeline->Tick();
   });
 
   int signal_number = 0;
@@ -200,6 +225,8 @@ int Run(int argc, char** argv) {
   spdlog::info("signal {}: finishing queued requests, then exiting", signal_number);
   stopping.store(true);
   ticker.Stop();
+  for (auto& pipeline : pipelines) pipeline->Stop();  // in-flight frames reach the sinks
+  pipelines.clear();
   repo.UnloadAll();   // queued requests finish and are answered
   (*server)->Stop();  // then connections close
   repository->reset();

@@ -1,0 +1,191 @@
+#include "serve/pipeline/pipeline_config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace outpost::serve::pipeline {
+namespace {
+
+using ::testing::HasSubstr;
+
+absl::StatusOr<PipelineConfig> Parse(std::string_view yaml) {
+  return ParsePipelineConfig(yaml, "p.yaml", "/etc/outpost");
+}
+
+std::string ErrorOf(std::string_view yaml) {
+  absl::StatusOr<PipelineConfig> c = Parse(yaml);
+  EXPECT_FALSE(c.ok()) << yaml;
+  return c.ok() ? "" : std::string(MessageOf(c.status()));
+}
+
+constexpr std::string_view kMinimal = R"(
+name: door
+source: {type: video, path: clips/door.avi}
+model: classifier
+postprocess: {type: classification}
+sinks: [{type: stdout}]
+)";
+
+TEST(PipelineConfigTest, MinimalTakesDefaults) {
+  absl::StatusOr<PipelineConfig> c = Parse(kMinimal);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->name, "door");
+  EXPECT_EQ(c->source.type, SourceType::kVideo);
+  EXPECT_EQ(c->source.path, "/etc/outpost/clips/door.avi");  // relative to the file
+  EXPECT_FALSE(c->source.drop_oldest);                       // a file waits, loses nothing
+  EXPECT_EQ(c->source.queue_size, 2);
+  EXPECT_EQ(c->model, "classifier");
+  EXPECT_EQ(c->model_version, 0);
+  EXPECT_EQ(c->preprocess.resize, ResizeMode::kStretch);
+  EXPECT_TRUE(c->preprocess.rgb);
+  EXPECT_FALSE(c->preprocess.width.has_value());
+  EXPECT_FALSE(c->preprocess.layout.has_value());
+  EXPECT_EQ(c->postprocess.type, PostprocessType::kClassification);
+  EXPECT_EQ(c->postprocess.top_k, 5);
+  ASSERT_EQ(c->sinks.size(), 1u);
+  EXPECT_EQ(c->sinks[0].type, SinkType::kStdout);
+  EXPECT_EQ(c->max_in_flight, 2);
+}
+
+TEST(PipelineConfigTest, EveryKey) {
+  absl::StatusOr<PipelineConfig> c = Parse(R"(
+name: gate-cam_1
+source:
+  type: camera
+  path: /dev/video2
+  queue_size: 4
+  drop: never
+  reconnect: {initial_ms: 100, max_ms: 2000}
+  read_timeout_ms: 3000
+model: {name: yolo, version: 3}
+preprocess:
+  input: images
+  resize: letterbox
+  size: [640, 480]
+  color: bgr
+  scale: 1
+  mean: [1, 2, 3]
+  std: [4, 5, 6]
+  layout: nhwc
+  dtype: fp32
+  pad_value: 0
+postprocess:
+  type: detection
+  output: output0
+  labels: coco.txt
+  format: yolov8
+  confidence_threshold: 0.4
+  iou_threshold: 0.5
+  max_detections: 10
+  boxes: normalized
+sinks:
+  - {type: jsonl, path: /var/log/gate.jsonl, max_bytes: 2048, max_files: 3}
+  - {type: webhook, url: "http://127.0.0.1:9/hook", retries: 2, timeout_ms: 100, backoff_ms: 5}
+  - {type: queue, path: q.db, max_rows: 10}
+max_in_flight: 3
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->source.type, SourceType::kCamera);
+  EXPECT_EQ(c->source.path, "/dev/video2");
+  EXPECT_EQ(c->source.queue_size, 4);
+  EXPECT_FALSE(c->source.drop_oldest);
+  EXPECT_EQ(c->source.reconnect_initial.count(), 100);
+  EXPECT_EQ(c->source.reconnect_max.count(), 2000);
+  EXPECT_EQ(c->source.read_timeout.count(), 3000);
+  EXPECT_EQ(c->model, "yolo");
+  EXPECT_EQ(c->model_version, 3);
+  EXPECT_EQ(c->preprocess.input, "images");
+  EXPECT_EQ(c->preprocess.resize, ResizeMode::kLetterbox);
+  EXPECT_EQ(*c->preprocess.width, 640);
+  EXPECT_EQ(*c->preprocess.height, 480);
+  EXPECT_FALSE(c->preprocess.rgb);
+  EXPECT_EQ(c->preprocess.scale, 1);
+  EXPECT_EQ(c->preprocess.mean[2], 3);
+  EXPECT_EQ(c->preprocess.std[0], 4);
+  EXPECT_EQ(*c->preprocess.layout, Layout::kNhwc);
+  EXPECT_EQ(*c->preprocess.dtype, DataType::kFp32);
+  EXPECT_EQ(c->preprocess.pad_value, 0);
+  EXPECT_EQ(c->postprocess.type, PostprocessType::kDetection);
+  EXPECT_EQ(c->postprocess.labels, "/etc/outpost/coco.txt");
+  EXPECT_EQ(c->postprocess.format, DetectionFormat::kYoloV8);
+  EXPECT_DOUBLE_EQ(c->postprocess.confidence_threshold, 0.4);
+  EXPECT_DOUBLE_EQ(c->postprocess.iou_threshold, 0.5);
+  EXPECT_EQ(c->postprocess.max_detections, 10);
+  EXPECT_TRUE(c->postprocess.normalized_boxes);
+  ASSERT_EQ(c->sinks.size(), 3u);
+  EXPECT_EQ(c->sinks[0].max_bytes, 2048);
+  EXPECT_EQ(c->sinks[0].max_files, 3);
+  EXPECT_EQ(c->sinks[1].url, "http://127.0.0.1:9/hook");
+  EXPECT_EQ(c->sinks[1].retries, 2);
+  EXPECT_EQ(c->sinks[1].timeout.count(), 100);
+  EXPECT_EQ(c->sinks[1].backoff.count(), 5);
+  EXPECT_EQ(c->sinks[2].path, "/etc/outpost/q.db");
+  EXPECT_EQ(c->sinks[2].max_rows, 10);
+  EXPECT_EQ(c->max_in_flight, 3);
+}
+
+TEST(PipelineConfigTest, LiveSourcesDropTheOldestByDefault) {
+  absl::StatusOr<PipelineConfig> c = Parse(R"(
+name: s
+source: {type: url, url: "rtsp://10.0.0.5/stream"}
+model: m
+postprocess: {type: anomaly, threshold: 0.7}
+sinks: [{type: stdout}]
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->source.drop_oldest);
+  EXPECT_EQ(c->source.url, "rtsp://10.0.0.5/stream");
+  EXPECT_DOUBLE_EQ(c->postprocess.threshold, 0.7);
+}
+
+TEST(PipelineConfigTest, ErrorsNameTheFileTheKeyAndTheReason) {
+  EXPECT_THAT(ErrorOf("name: [\n"), HasSubstr("p.yaml: line"));
+  EXPECT_EQ(ErrorOf("- a\n"),
+            "p.yaml: the top level must be a map (name, source, model, postprocess, sinks)");
+  std::string base(kMinimal);
+  auto with = [&](std::string_view from, std::string_view to) {
+    std::string s = base;
+    s.replace(s.find(from), from.size(), to);
+    return ErrorOf(s);
+  };
+  EXPECT_EQ(with("type: video", "type: cam"),
+            "p.yaml: key 'source.type': must be one of image, folder, video, camera, url; got "
+            "'cam'");
+  EXPECT_EQ(with("name: door", "name: a/b"),
+            "p.yaml: key 'name': may hold letters, digits, '-', '_' and '.' only, got 'a/b'");
+  EXPECT_THAT(with("name: door", "name: door\nextra: 1"),
+              HasSubstr("p.yaml: key 'extra': unknown key (known: name, source"));
+  EXPECT_EQ(with("{type: classification}", "{type: classification, top_k: 0}"),
+            "p.yaml: key 'postprocess.top_k': must be in 1..1000, got 0");
+  EXPECT_EQ(with("{type: classification}", "{type: classification, threshold: 0.5}"),
+            "p.yaml: key 'postprocess.threshold': not used by classification post-processing");
+  EXPECT_EQ(with("[{type: stdout}]", "[]"),
+            "p.yaml: key 'sinks': must be a non-empty list, got a list");
+  EXPECT_EQ(with("[{type: stdout}]", "[{type: jsonl}]"), "p.yaml: key 'sinks[0].path': required");
+  EXPECT_EQ(with("[{type: stdout}]", "[{type: webhook, url: ftp://x}]"),
+            "p.yaml: key 'sinks[0].url': must start with http:// or https://, got 'ftp://x'");
+  EXPECT_EQ(with("path: clips/door.avi", "url: http://x"),
+            "p.yaml: key 'source.path': required for a video source");
+  EXPECT_EQ(with("model: classifier\n", ""), "p.yaml: key 'model': required");
+  EXPECT_EQ(with("postprocess: {type: classification}\n", ""),
+            "p.yaml: key 'postprocess': required");
+  EXPECT_THAT(
+      with("model: classifier", "model: classifier\npreprocess: {dtype: uint8, mean: [1,1,1]}"),
+      HasSubstr("uint8 input takes the pixels as they are"));
+  EXPECT_EQ(with("model: classifier", "model: classifier\npreprocess: {size: [0, 10]}"),
+            "p.yaml: key 'preprocess.size[0]': must be in 1..16384, got 0");
+  EXPECT_EQ(with("path: clips/door.avi", "path: a, reconnect: {initial_ms: 50, max_ms: 10}"),
+            "p.yaml: key 'source.reconnect.max_ms': must be >= initial_ms");
+  EXPECT_EQ(with("path: clips/door.avi", "path: a, loop: true, loop: false"),
+            "p.yaml: key 'source.loop': repeated");
+}
+
+TEST(PipelineConfigTest, LoadNamesAMissingFile) {
+  absl::StatusOr<PipelineConfig> c = LoadPipelineConfig("/nonexistent/p.yaml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(absl::IsNotFound(c.status())) << c.status();
+  EXPECT_THAT(MessageOf(c.status()), HasSubstr("/nonexistent/p.yaml"));
+}
+
+}  // namespace
+}  // namespace outpost::serve::pipeline
