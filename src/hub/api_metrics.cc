@@ -93,6 +93,8 @@ void Metrics(HubContext& hub, Call& call) {
     StrAppend(&failures, "outpost_hub_rollout_failures{", labels, "} ", failed, "\n");
   }
   out += states + waves + failures;
+  absl::Status alerts = AppendAlertMetrics(hub, call.now, &out);
+  if (!alerts.ok()) return call.Fail(alerts);
   Family(&out, "outpost_hub_info", "gauge", "Always 1; the hub's version");
   StrAppend(&out, "outpost_hub_info{version=\"", OUTPOST_VERSION, "\"} 1\n");
 
