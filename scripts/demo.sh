@@ -119,6 +119,10 @@ step "the fleet as the hub sees it"
 "$outpost" device events store-42-cam-1 | head -20
 "$outpost" rollout list
 
+step "telemetry and alerts the hub keeps (docs/alerts.md)"
+"$outpost" telemetry uptime_s --since 1h
+"$outpost" alerts --state all
+
 step "fleet metrics (Prometheus text): $hub/metrics"
 curl -s --cacert "$OUTPOST_HUB_CA" "$hub/metrics" | grep -E '^outpost_hub_(devices|devices_by_release)\{' || true
 

@@ -98,6 +98,8 @@ void AddConfigCommands(CLI::App& app, CommandRegistry& registry);
 void AddRolloutCommands(CLI::App& app, CommandRegistry& registry);
 // token and bootstrap.
 void AddCredentialCommands(CLI::App& app, CommandRegistry& registry);
+// telemetry and alerts.
+void AddObserveCommands(CLI::App& app, CommandRegistry& registry);
 
 // A usage error (exit 2).
 absl::Status Usage(std::string message);

@@ -40,6 +40,7 @@ HubCommands::HubCommands(CLI::App& app) : registry_(std::make_unique<CommandRegi
   AddConfigCommands(app, *registry_);
   AddRolloutCommands(app, *registry_);
   AddCredentialCommands(app, *registry_);
+  AddObserveCommands(app, *registry_);
 }
 
 HubCommands::~HubCommands() = default;

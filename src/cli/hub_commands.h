@@ -1,6 +1,6 @@
 // The `outpost` commands that drive a hub through its admin API
-// (docs/cli.md): whoami, release, device, config, rollout, token and
-// bootstrap. Every one of them takes
+// (docs/cli.md): whoami, release, device, config, rollout, token,
+// bootstrap, telemetry and alerts. Every one of them takes
 //   --hub URL       (env OUTPOST_HUB_URL)   the hub, https://host:7443
 //   --token TOKEN   (env OUTPOST_HUB_TOKEN) an admin API token
 //   --ca-file PEM   (env OUTPOST_HUB_CA)    the hub's own CA

@@ -635,5 +635,50 @@ TEST_F(HubCommandsTest, RolloutsArePausedResumedRolledBackAndAborted) {
   EXPECT_THAT(watched.out, HasSubstr("state:     aborted"));
 }
 
+TEST_F(HubCommandsTest, TelemetryAndAlertsAreShownAsTablesAndJson) {
+  std::vector<std::string> devices = EnrollDevices(2, "berlin");
+  for (int i = 0; i < 2; ++i) {
+    json batch = {{"batch_id", "b1"},
+                  {"samples",
+                   {{{"metric", "temperature_c"}, {"value", i == 0 ? 96.5 : 40}},
+                    {{"metric", "model_loaded"},
+                     {"value", 1},
+                     {"labels", {{"model", "yolo"}, {"version", StrCat(3 + i)}}}}}}};
+    ASSERT_EQ(DeviceCall(devices[i], "POST", "/api/v1/device/telemetry", batch.dump()).status, 200);
+  }
+
+  Result table = Run({"telemetry", "temperature_c", "--since", "10m"});
+  ASSERT_EQ(table.code, 0) << table;
+  EXPECT_THAT(table.out, HasSubstr("DEVICE"));
+  EXPECT_THAT(table.out, HasSubstr("cam-0"));
+  EXPECT_THAT(table.out, HasSubstr("96.5"));
+  EXPECT_THAT(table.out, HasSubstr("temperature_c: 2 series"));
+  Result by_model = Run({"telemetry", "temperature_c", "--group-by", "model_version", "--step",
+                         "1h", "--model-version", "yolo/4", "--json"});
+  ASSERT_EQ(by_model.code, 0) << by_model;
+  ASSERT_EQ(by_model.Json()["series"].size(), 1u) << by_model.out;
+  EXPECT_EQ(by_model.Json()["series"][0]["group"], "yolo/4");
+  EXPECT_EQ(by_model.Json()["series"][0]["points"][0]["max"], 40);
+  EXPECT_EQ(Run({"telemetry", "temperature_c", "--since", "soon"}).code, 2);
+  EXPECT_EQ(Run({"telemetry", "temperature_c", "--group-by", "planet"}).code, 2);
+  EXPECT_EQ(Run({"telemetry", "temperature_c", "--step", "never"}).code, 1);  // the hub's 400
+
+  ASSERT_TRUE(hub_->EvaluateAlerts().ok());
+  Result alerts = Run({"alerts"});
+  ASSERT_EQ(alerts.code, 0) << alerts;
+  EXPECT_THAT(alerts.out, HasSubstr("temperature_high"));
+  EXPECT_THAT(alerts.out, HasSubstr("cam-0"));
+  EXPECT_THAT(alerts.out, HasSubstr("1 firing"));
+  Result alerts_json = Run({"alerts", "--state", "all", "--site", "berlin", "--json"});
+  ASSERT_EQ(alerts_json.code, 0) << alerts_json;
+  ASSERT_EQ(alerts_json.Json()["alerts"].size(), 1u);
+  EXPECT_EQ(alerts_json.Json()["alerts"][0]["value"], 96.5);
+  Result rules = Run({"alerts", "--rules"});
+  ASSERT_EQ(rules.code, 0) << rules;
+  EXPECT_THAT(rules.out, HasSubstr("error_budget_burn_fast"));
+  EXPECT_THAT(rules.out, HasSubstr("\"temperature_max_c\":85"));
+  EXPECT_EQ(Run({"alerts", "--state", "burning"}).code, 2);
+}
+
 }  // namespace
 }  // namespace outpost::cli

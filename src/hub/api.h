@@ -27,6 +27,7 @@ class HubContext {
   virtual std::string ca_pem() const = 0;
   virtual TimeMs Now() const = 0;
   virtual RolloutEngine& rollouts() = 0;
+  virtual AlertEngine& alerts() = 0;
   // Wakes the device's parked desired-state polls (its desired state may
   // have changed).
   virtual void DesiredChanged(std::string_view device_id) = 0;
@@ -49,6 +50,11 @@ void SendNotModifiedNoBody(Call& call, std::string_view etag);
 void RegisterDeviceApi(HubContext& hub, Router& router);
 void RegisterAdminApi(HubContext& hub, Router& router);
 void RegisterMetricsApi(HubContext& hub, Router& router);
+// GET /telemetry and /alerts (api_observe.cc).
+void RegisterObservabilityApi(HubContext& hub, Router& router);
+// The alert and telemetry families of GET /metrics (bounded cardinality:
+// by rule and severity, never by device).
+absl::Status AppendAlertMetrics(HubContext& hub, TimeMs now, std::string* out);
 
 // JSON views used by several routes.
 nlohmann::json DeviceJson(const Device& device, TimeMs now);

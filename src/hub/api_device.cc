@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 
@@ -243,6 +244,8 @@ void Telemetry(HubContext& hub, Call& call) {
   const int64_t batch_time = body->value("time_ms", call.now);
   json samples = body->value("samples", json::array());
   if (!samples.is_array()) return call.Fail(http::Status::bad_request, "field 'samples': an array");
+  batch.release_id = call.device->update.current_release;
+  std::vector<std::string> models;
   for (const json& s : samples) {
     if (!s.is_object() || !s.contains("metric") || !s["metric"].is_string() ||
         !s.contains("value") || !s["value"].is_number()) {
@@ -256,9 +259,27 @@ void Telemetry(HubContext& hub, Call& call) {
     sample.hub_time = offset && sample.device_time > 0
                           ? std::min<int64_t>(call.now, sample.device_time - *offset)
                           : call.now;
-    if (s.contains("labels") && s["labels"].is_object()) sample.labels_json = s["labels"].dump();
+    if (s.contains("labels") && s["labels"].is_object()) {
+      const json& labels = s["labels"];
+      sample.labels_json = labels.dump();
+      // The heartbeat's model_loaded samples say which model versions it
+      // describes; every sample of the batch is stamped with them.
+      if (sample.metric == "model_loaded" && sample.value > 0 && labels.contains("model") &&
+          labels["model"].is_string()) {
+        std::string version =
+            labels.contains("version")
+                ? (labels["version"].is_string() ? labels["version"].get<std::string>()
+                                                 : labels["version"].dump())
+                : "";
+        models.push_back(StrCat(labels["model"].get<std::string>(), "/", version));
+      }
+    }
     batch.samples.push_back(std::move(sample));
   }
+  std::sort(models.begin(), models.end());
+  models.erase(std::unique(models.begin(), models.end()), models.end());
+  for (const std::string& m : models)
+    StrAppend(&batch.model_version, batch.model_version.empty() ? "" : ",", m);
   absl::StatusOr<InsertResult> result = hub.store().InsertTelemetryBatch(batch);
   if (!result.ok()) return call.Fail(result.status());
   absl::Status contact = hub.store().RecordDeviceContact(

@@ -120,6 +120,8 @@ void Metrics(HubContext& hub, Call& call) {
     }
   }
   out += states + waves + failures + values + thresholds;
+  absl::Status alerts = AppendAlertMetrics(hub, call.now, &out);
+  if (!alerts.ok()) return call.Fail(alerts);
   Family(&out, "outpost_hub_info", "gauge", "Always 1; the hub's version");
   StrAppend(&out, "outpost_hub_info{version=\"", OUTPOST_VERSION, "\"} 1\n");
 

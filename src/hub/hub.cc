@@ -85,6 +85,8 @@ struct Hub::Impl : HubContext {
   std::unique_ptr<boost::asio::thread_pool> pool;
   std::unique_ptr<RolloutEngine> rollouts_;
   std::unique_ptr<WebAssets> web_;  // null: the dashboard is not installed
+  std::unique_ptr<AlertEngine> alerts_;
+  std::unique_ptr<TelemetryMaintainer> maintainer_;
 
   // Parked desired-state polls, by device id.
   struct Parked {
@@ -110,6 +112,7 @@ struct Hub::Impl : HubContext {
   }
   TimeMs Now() const override { return options.clock ? options.clock() : NowMs(); }
   RolloutEngine& rollouts() override { return *rollouts_; }
+  AlertEngine& alerts() override { return *alerts_; }
 
   void DesiredChanged(std::string_view device_id) override {
     std::vector<Parked> wake;
@@ -373,7 +376,18 @@ absl::StatusOr<std::unique_ptr<Hub>> Hub::Create(HubOptions options) {
   RegisterDeviceApi(*impl, impl->router);
   RegisterAdminApi(*impl, impl->router);
   RegisterMetricsApi(*impl, impl->router);
+  RegisterObservabilityApi(*impl, impl->router);
   impl->rollouts_ = std::make_unique<RolloutEngine>(*impl);
+  std::unique_ptr<WebhookNotifier> notifier;
+  if (!impl->options.alert_webhook.url.empty()) {
+    WebhookOptions webhook = impl->options.alert_webhook;
+    if (webhook.hub_url.empty()) webhook.hub_url = impl->url_;
+    ASSIGN_OR_RETURN(notifier, WebhookNotifier::Create(std::move(webhook)));
+  }
+  impl->alerts_ = std::make_unique<AlertEngine>(*impl->store_, impl->options.alert_rules,
+                                                std::move(notifier), &NowMs);
+  impl->maintainer_ = std::make_unique<TelemetryMaintainer>(
+      *impl->store_, impl->options.telemetry_retention, &NowMs);
   return std::unique_ptr<Hub>(new Hub(std::move(impl)));
 }
 
@@ -386,6 +400,8 @@ void Hub::Start() {
   impl_->pool = std::make_unique<boost::asio::thread_pool>(impl_->options.worker_threads);
   impl_->recheck_thread = std::thread([this] { impl_->RecheckLoop(); });
   impl_->rollouts_->Start(impl_->options.rollout_tick);
+  impl_->alerts_->Start(impl_->options.alert_interval);
+  impl_->maintainer_->Start(impl_->options.telemetry_maintenance_interval);
   impl_->server->Start();
   spdlog::info("hub: serving {} ({})", impl_->url_, impl_->store_->Describe());
 }
@@ -393,6 +409,8 @@ void Hub::Start() {
 void Hub::Stop() {
   if (!impl_->pool) return;
   impl_->rollouts_->Stop();
+  impl_->alerts_->Stop();
+  impl_->maintainer_->Stop();
   {
     std::lock_guard lock(impl_->parked_mu);
     impl_->stopping = true;
@@ -409,6 +427,8 @@ std::string Hub::url() const { return impl_->url_; }
 bool Hub::tls() const { return impl_->server->tls(); }
 std::string Hub::ca_file() const { return impl_->ca_file_; }
 Store& Hub::store() { return *impl_->store_; }
+
+absl::Status Hub::EvaluateAlerts() { return impl_->alerts_->EvaluateOnce(); }
 
 std::vector<Hub::RouteInfo> Hub::Routes() const {
   static constexpr const char* kAccess[] = {"public", "device", "viewer", "operator", "admin"};

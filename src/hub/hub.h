@@ -25,7 +25,10 @@
 #include <vector>
 
 #include "common/status.h"
+#include "hub/alerts.h"
 #include "hub/store.h"
+#include "hub/telemetry_retention.h"
+#include "hub/webhook.h"
 
 namespace outpost::hub {
 
@@ -70,6 +73,14 @@ struct HubOptions {
   // neither exists the hub serves its API without a dashboard. A folder
   // given here must exist.
   std::filesystem::path web_dir;
+  // Telemetry rollups and retention, and how often that task runs.
+  TelemetryRetention telemetry_retention;
+  std::chrono::milliseconds telemetry_maintenance_interval{60'000};
+  // Alert rules (docs/alerts.md), how often they are evaluated, and the
+  // webhook alert changes go to (url empty: none).
+  AlertRules alert_rules;
+  std::chrono::milliseconds alert_interval{30'000};
+  WebhookOptions alert_webhook;
 };
 
 class Hub {
@@ -93,6 +104,9 @@ class Hub {
   // is used: devices then trust the system store).
   std::string ca_file() const;
   Store& store();
+  // Evaluates the alert rules once, now (tests; the hub also does it every
+  // HubOptions::alert_interval).
+  absl::Status EvaluateAlerts();
   // Every registered route, for the OpenAPI check.
   struct RouteInfo {
     std::string method;   // "GET"

@@ -114,6 +114,25 @@ int main(int argc, char** argv) {
   serve->add_option("--long-poll-recheck", recheck,
                     "Seconds between re-checks of parked polls (changes by other replicas)");
 
+  std::string alert_config, webhook_format = "json";
+  double alert_interval = 30, raw_retention_h = 48, rollup_5m_days = 14, rollup_1h_days = 90;
+  serve->add_option("--alert-config", alert_config,
+                    "YAML file of alert thresholds (docs/alerts.md; default: built-in)");
+  serve->add_option("--alert-interval", alert_interval, "Seconds between alert evaluations")
+      ->check(CLI::Range(1.0, 3600.0));
+  serve->add_option("--alert-webhook", options.alert_webhook.url,
+                    "POST alert changes here (http:// or https://)");
+  serve->add_option("--alert-webhook-format", webhook_format, "json or slack")
+      ->check(CLI::IsMember({"json", "slack"}));
+  serve->add_option("--alert-webhook-ca", options.alert_webhook.ca_file,
+                    "PEM CAs to trust for the webhook instead of the system store");
+  serve->add_option("--telemetry-raw-hours", raw_retention_h, "Hours raw telemetry is kept")
+      ->check(CLI::Range(1.0, 24.0 * 366));
+  serve->add_option("--telemetry-5m-days", rollup_5m_days, "Days 5-minute rollups are kept")
+      ->check(CLI::Range(1.0, 3660.0));
+  serve->add_option("--telemetry-1h-days", rollup_1h_days, "Days 1-hour rollups are kept")
+      ->check(CLI::Range(1.0, 36600.0));
+
   std::string name, role;
   bool json_output = false;
   CLI::App* admin =
@@ -159,6 +178,21 @@ int main(int argc, char** argv) {
     options.device_poll_interval = std::chrono::seconds(static_cast<int64_t>(poll_interval));
     options.rollout_tick = std::chrono::milliseconds(static_cast<int64_t>(rollout_tick * 1000));
     options.long_poll_recheck = std::chrono::milliseconds(static_cast<int64_t>(recheck * 1000));
+    options.alert_interval = std::chrono::milliseconds(static_cast<int64_t>(alert_interval * 1000));
+    options.alert_webhook.format =
+        webhook_format == "slack" ? hub::WebhookFormat::kSlack : hub::WebhookFormat::kJson;
+    options.telemetry_retention.raw = std::chrono::hours(static_cast<int64_t>(raw_retention_h));
+    options.telemetry_retention.rollup_5m =
+        std::chrono::hours(static_cast<int64_t>(rollup_5m_days * 24));
+    options.telemetry_retention.rollup_1h =
+        std::chrono::hours(static_cast<int64_t>(rollup_1h_days * 24));
+    if (!alert_config.empty()) {
+      absl::StatusOr<std::string> text = ReadFile(alert_config);
+      if (!text.ok()) return Fail(text.status());
+      absl::StatusOr<hub::AlertRules> rules = hub::ParseAlertRules(*text, alert_config);
+      if (!rules.ok()) return Fail(rules.status());
+      options.alert_rules = *std::move(rules);
+    }
     return Serve(std::move(options), port_file);
   }
   if (create_token->parsed()) {

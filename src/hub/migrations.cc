@@ -153,8 +153,67 @@ CREATE INDEX telemetry_samples_by_metric_hub_time ON telemetry_samples (metric, 
 CREATE INDEX telemetry_samples_by_hub_time ON telemetry_samples (hub_time);
 )sql";
 
+// Issue 6: what a device ran when it sent each sample, rollups for the
+// long view, and alerts with their state.
+constexpr std::string_view kRollupsAndAlerts = R"sql(
+ALTER TABLE telemetry_samples ADD COLUMN release_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE telemetry_samples ADD COLUMN model_version TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE telemetry_rollups (
+  resolution_ms BIGINT NOT NULL,
+  device_id TEXT NOT NULL,
+  metric TEXT NOT NULL,
+  labels TEXT NOT NULL,
+  release_id TEXT NOT NULL,
+  model_version TEXT NOT NULL,
+  bucket_start BIGINT NOT NULL,
+  sample_count BIGINT NOT NULL,
+  value_sum DOUBLE PRECISION NOT NULL,
+  value_min DOUBLE PRECISION NOT NULL,
+  value_max DOUBLE PRECISION NOT NULL,
+  PRIMARY KEY (resolution_ms, metric, device_id, labels, release_id, model_version, bucket_start)
+);
+CREATE INDEX telemetry_rollups_by_bucket ON telemetry_rollups (resolution_ms, metric, bucket_start);
+
+-- Samples with hub_time below this are folded into telemetry_rollups.
+INSERT INTO counters (name, value) VALUES ('telemetry_rollup_watermark', 0);
+
+CREATE TABLE alerts (
+  id {{id}},
+  name TEXT NOT NULL,
+  device_id TEXT NOT NULL DEFAULT '',
+  severity TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('firing', 'resolved')),
+  site TEXT NOT NULL DEFAULT '',
+  value DOUBLE PRECISION NOT NULL DEFAULT 0,
+  threshold DOUBLE PRECISION NOT NULL DEFAULT 0,
+  summary TEXT NOT NULL DEFAULT '',
+  started_at BIGINT NOT NULL,
+  resolved_at BIGINT NOT NULL DEFAULT 0,
+  updated_at BIGINT NOT NULL
+);
+-- At most one firing episode per rule and device.
+CREATE UNIQUE INDEX alerts_one_firing ON alerts (name, device_id) WHERE state = 'firing';
+CREATE INDEX alerts_by_state ON alerts (state, started_at);
+CREATE INDEX alerts_by_resolved_at ON alerts (resolved_at);
+)sql";
+
+// hub_time becomes the moment a sample was taken on the hub's clock (its
+// device time corrected by the offset measured on the upload), which for a
+// backlog shipped after an outage is long before it arrived. Folding into
+// rollups and retention follow arrival, received_at, so no late sample is
+// skipped. Rows so far were stamped with their arrival.
+constexpr std::string_view kSampleArrival = R"sql(
+ALTER TABLE telemetry_samples ADD COLUMN received_at BIGINT NOT NULL DEFAULT 0;
+UPDATE telemetry_samples SET received_at = hub_time;
+CREATE INDEX telemetry_samples_by_received_at ON telemetry_samples (received_at);
+DROP INDEX telemetry_samples_by_hub_time;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "initial schema", kInitialSchema},
+    {2, "telemetry rollups and alerts", kRollupsAndAlerts},
+    {3, "telemetry samples: arrival apart from the moment taken", kSampleArrival},
 };
 
 std::string ForDialect(std::string_view sql, sql::Dialect dialect) {

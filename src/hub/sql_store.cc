@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <unordered_map>
@@ -219,6 +220,24 @@ Rollout RolloutFrom(const Row& r) {
 }
 
 constexpr std::string_view kRolloutDeviceColumns = "rollout_id, device_id, wave, state, updated_at";
+
+constexpr std::string_view kAlertColumns =
+    "id, name, device_id, severity, state, site, value, threshold, summary, started_at, "
+    "resolved_at, updated_at";
+Alert AlertFrom(const Row& r) {
+  return {.id = r.Int(0),
+          .name = r.Text(1),
+          .device_id = r.Text(2),
+          .severity = r.Text(3),
+          .state = EnumFrom(r.Text(4), &ParseAlertState, AlertState::kFiring),
+          .site = r.Text(5),
+          .value = r.Double(6),
+          .threshold = r.Double(7),
+          .summary = r.Text(8),
+          .started_at = r.Int(9),
+          .resolved_at = r.Int(10),
+          .updated_at = r.Int(11)};
+}
 
 RolloutDevice RolloutDeviceFrom(const Row& r) {
   RolloutDevice d;
@@ -1196,9 +1215,11 @@ class SqlStore final : public Store {
         Statement s;
         s.sql =
             "INSERT INTO telemetry_samples (device_id, metric, device_time, hub_time, value, "
-            "labels) VALUES ";
+            "labels, release_id, model_version, received_at) VALUES ";
         std::string device = s.Bind(batch.device_id);
         std::string received_at = s.Bind(batch.received_at);
+        std::string release = s.Bind(batch.release_id);
+        std::string model_version = s.Bind(batch.model_version);
         for (size_t i = 0; i < n; ++i) {
           const TelemetrySample& sample = samples[start + i];
           std::string hub_time = sample.hub_time > 0 ? s.Bind(sample.hub_time) : received_at;
@@ -1206,7 +1227,7 @@ class SqlStore final : public Store {
               sample.labels_json.empty() ? std::string_view("{}") : sample.labels_json;
           StrAppend(&s.sql, i == 0 ? "(" : ", (", device, ", ", s.Bind(sample.metric), ", ",
                     s.Bind(sample.device_time), ", ", hub_time, ", ", s.Bind(sample.value), ", ",
-                    s.Bind(labels), ")");
+                    s.Bind(labels), ", ", release, ", ", model_version, ", ", received_at, ")");
         }
         RETURN_IF_ERROR(c.Query(s.sql, s.params).status());
       }
@@ -1250,10 +1271,282 @@ class SqlStore final : public Store {
   absl::StatusOr<int64_t> DeleteTelemetryBefore(TimeMs cutoff) override {
     return Run<int64_t>(TxMode::kWrite, [&](Connection& c) -> absl::StatusOr<int64_t> {
       ASSIGN_OR_RETURN(Result samples,
-                       c.Query("DELETE FROM telemetry_samples WHERE hub_time < $1", {cutoff}));
+                       c.Query("DELETE FROM telemetry_samples WHERE received_at < $1", {cutoff}));
       RETURN_IF_ERROR(
           c.Query("DELETE FROM telemetry_batches WHERE received_at < $1", {cutoff}).status());
       return samples.affected;
+    });
+  }
+
+  absl::StatusOr<int64_t> RollUpTelemetry(const std::vector<int64_t>& resolutions_ms,
+                                          TimeMs up_to) override {
+    for (int64_t resolution : resolutions_ms) {
+      if (resolution < 1000) {
+        return absl::InvalidArgumentError(
+            StrCat("a rollup resolution must be at least 1000 ms, got ", resolution));
+      }
+    }
+    return Run<int64_t>(TxMode::kWrite, [&](Connection& c) -> absl::StatusOr<int64_t> {
+      // The row lock on the watermark serialises hub processes (SQLite's
+      // write lock does the same there).
+      ASSIGN_OR_RETURN(
+          Result w,
+          c.Query(StrCat("SELECT value FROM counters WHERE name = 'telemetry_rollup_watermark'",
+                         c.dialect() == sql::Dialect::kPostgres ? " FOR UPDATE" : "")));
+      const TimeMs from = w.rows.at(0).Int(0);
+      if (up_to <= from) return int64_t{0};
+      ASSIGN_OR_RETURN(Result n, c.Query("SELECT COUNT(*) FROM telemetry_samples WHERE received_at "
+                                         ">= $1 AND received_at < $2",
+                                         {from, up_to}));
+      const int64_t folded = n.rows.at(0).Int(0);
+      if (folded > 0) {
+        for (int64_t resolution : resolutions_ms) {
+          RETURN_IF_ERROR(
+              c.Query(
+                   "INSERT INTO telemetry_rollups (resolution_ms, device_id, metric, labels, "
+                   "release_id, model_version, bucket_start, sample_count, value_sum, value_min, "
+                   "value_max) "
+                   "SELECT $1, device_id, metric, labels, release_id, model_version, "
+                   "(device_time / $1) * $1, COUNT(*), SUM(value), MIN(value), MAX(value) "
+                   "FROM telemetry_samples WHERE received_at >= $2 AND received_at < $3 "
+                   "GROUP BY 2, 3, 4, 5, 6, 7 "
+                   "ON CONFLICT (resolution_ms, metric, device_id, labels, release_id, "
+                   "model_version, bucket_start) DO UPDATE SET "
+                   "sample_count = telemetry_rollups.sample_count + excluded.sample_count, "
+                   "value_sum = telemetry_rollups.value_sum + excluded.value_sum, "
+                   "value_min = CASE WHEN excluded.value_min < telemetry_rollups.value_min "
+                   "THEN excluded.value_min ELSE telemetry_rollups.value_min END, "
+                   "value_max = CASE WHEN excluded.value_max > telemetry_rollups.value_max "
+                   "THEN excluded.value_max ELSE telemetry_rollups.value_max END",
+                   {resolution, from, up_to})
+                  .status());
+        }
+      }
+      RETURN_IF_ERROR(c.Query("UPDATE counters SET value = $1 WHERE name = "
+                              "'telemetry_rollup_watermark'",
+                              {up_to})
+                          .status());
+      return folded;
+    });
+  }
+
+  absl::StatusOr<TimeMs> RollupWatermark() override {
+    return Run<TimeMs>(TxMode::kRead, [&](Connection& c) -> absl::StatusOr<TimeMs> {
+      ASSIGN_OR_RETURN(
+          Result w,
+          c.Query("SELECT value FROM counters WHERE name = 'telemetry_rollup_watermark'"));
+      return w.rows.at(0).Int(0);
+    });
+  }
+
+  absl::StatusOr<int64_t> DeleteRollupsBefore(int64_t resolution_ms, TimeMs cutoff) override {
+    return Run<int64_t>(TxMode::kWrite, [&](Connection& c) -> absl::StatusOr<int64_t> {
+      ASSIGN_OR_RETURN(Result r, c.Query("DELETE FROM telemetry_rollups WHERE resolution_ms = $1 "
+                                         "AND bucket_start < $2",
+                                         {resolution_ms, cutoff}));
+      return r.affected;
+    });
+  }
+
+  absl::StatusOr<std::vector<SeriesPoint>> QueryTelemetrySeries(const SeriesQuery& query) override {
+    RETURN_IF_ERROR(CheckNotEmpty("telemetry metric name", query.metric));
+    if (query.step_ms < 1) {
+      return absl::InvalidArgumentError(StrCat("step must be >= 1 ms, got ", query.step_ms));
+    }
+    if (query.resolution_ms < 0 ||
+        (query.resolution_ms > 0 && query.step_ms % query.resolution_ms != 0)) {
+      return absl::InvalidArgumentError(StrCat("step ", query.step_ms,
+                                               " ms is not a multiple of the rollup resolution ",
+                                               query.resolution_ms, " ms"));
+    }
+    if (query.device_ids.size() > kMaxQueryDevices) {
+      return absl::InvalidArgumentError(
+          StrCat("a telemetry query names at most ", kMaxQueryDevices, " devices"));
+    }
+    return Run<std::vector<SeriesPoint>>(
+        TxMode::kRead, [&](Connection& c) -> absl::StatusOr<std::vector<SeriesPoint>> {
+          const bool raw = query.resolution_ms == 0;
+          std::string_view time = raw ? "s.device_time" : "s.bucket_start";
+          std::string_view group;
+          switch (query.group) {
+            case SeriesGroup::kDevice:
+              group = "s.device_id";
+              break;
+            case SeriesGroup::kRelease:
+              group = "s.release_id";
+              break;
+            case SeriesGroup::kModelVersion:
+              group = "s.model_version";
+              break;
+            case SeriesGroup::kNone:
+              break;
+          }
+          Statement st;
+          std::string step = st.Bind(query.step_ms);
+          std::string bucket = StrCat("(", time, " / ", step, ") * ", step);
+          st.sql = StrCat("SELECT ", group.empty() ? "''" : group, ", s.labels, ", bucket, ", ",
+                          raw ? "COUNT(*), SUM(s.value), MIN(s.value), MAX(s.value) "
+                                "FROM telemetry_samples s"
+                              : "SUM(s.sample_count), SUM(s.value_sum), MIN(s.value_min), "
+                                "MAX(s.value_max) FROM telemetry_rollups s");
+          StrAppend(&st.sql, " WHERE s.metric = ", st.Bind(query.metric), " AND ", time,
+                    " >= ", st.Bind(query.from), " AND ", time, " < ", st.Bind(query.to));
+          if (!raw) StrAppend(&st.sql, " AND s.resolution_ms = ", st.Bind(query.resolution_ms));
+          if (!query.device_ids.empty()) {
+            StrAppend(&st.sql, " AND s.device_id IN (",
+                      Placeholders(st.params.size() + 1, query.device_ids.size()), ")");
+            for (const std::string& id : query.device_ids) st.params.emplace_back(id);
+          }
+          if (!query.site.empty()) {
+            StrAppend(&st.sql, " AND s.device_id IN (SELECT id FROM devices WHERE site = ",
+                      st.Bind(query.site), ")");
+          }
+          if (!query.release_id.empty()) {
+            StrAppend(&st.sql, " AND s.release_id = ", st.Bind(query.release_id));
+          }
+          if (!query.model_version.empty()) {
+            // One item of the comma-separated stamp, matched whole.
+            StrAppend(&st.sql,
+                      c.dialect() == sql::Dialect::kPostgres ? " AND strpos(" : " AND instr(",
+                      "',' || s.model_version || ',', ',' || ", st.Bind(query.model_version),
+                      " || ',') > 0");
+          }
+          // By position: the bucket expression holds parameters.
+          std::string_view columns = group.empty() ? "2, 3" : "1, 2, 3";
+          StrAppend(&st.sql, " GROUP BY ", columns, " ORDER BY ", columns);
+          if (query.limit > 0) StrAppend(&st.sql, " LIMIT ", st.Bind(query.limit));
+          ASSIGN_OR_RETURN(Result r, c.Query(st.sql, st.params));
+          std::vector<SeriesPoint> out;
+          out.reserve(r.rows.size());
+          for (const Row& row : r.rows) {
+            out.push_back({row.Text(0), row.Text(1), row.Int(2), row.Int(3), row.Double(4),
+                           row.Double(5), row.Double(6)});
+          }
+          return out;
+        });
+  }
+
+  absl::StatusOr<std::map<std::string, TimeMs>> LastTelemetryByDevice() override {
+    return Run<std::map<std::string, TimeMs>>(
+        TxMode::kRead, [&](Connection& c) -> absl::StatusOr<std::map<std::string, TimeMs>> {
+          ASSIGN_OR_RETURN(Result r, c.Query("SELECT device_id, MAX(received_at) FROM "
+                                             "telemetry_batches GROUP BY device_id"));
+          std::map<std::string, TimeMs> out;
+          for (const Row& row : r.rows) out.emplace(row.Text(0), row.Int(1));
+          return out;
+        });
+  }
+
+  // --- Alerts ---
+
+  absl::StatusOr<std::vector<Alert>> RecordAlertEvaluation(
+      const std::vector<std::string>& evaluated, const std::vector<AlertObservation>& observations,
+      TimeMs now) override {
+    std::set<std::string_view> rules(evaluated.begin(), evaluated.end());
+    for (const AlertObservation& o : observations) {
+      RETURN_IF_ERROR(CheckNotEmpty("alert name", o.name));
+      RETURN_IF_ERROR(CheckNotEmpty("alert severity", o.severity));
+      if (!rules.contains(o.name)) {
+        return absl::InvalidArgumentError(
+            StrCat("alert '", o.name, "' was observed but its rule is not among those evaluated"));
+      }
+      if (!std::isfinite(o.value) || !std::isfinite(o.threshold)) {
+        return absl::InvalidArgumentError(StrCat("alert '", o.name, "' has a non-finite value"));
+      }
+    }
+    if (evaluated.empty()) return std::vector<Alert>{};
+    if (evaluated.size() > kMaxQueryDevices) {
+      return absl::InvalidArgumentError("too many alert rules in one evaluation");
+    }
+    return Run<std::vector<Alert>>(
+        TxMode::kWrite, [&](Connection& c) -> absl::StatusOr<std::vector<Alert>> {
+          if (c.dialect() == sql::Dialect::kPostgres) {
+            // One evaluation at a time across hub processes ("alerts" in ASCII).
+            RETURN_IF_ERROR(
+                c.Query("SELECT pg_advisory_xact_lock($1)", {int64_t{0x616c65727473}}).status());
+          }
+          Statement st;
+          st.sql =
+              StrCat("SELECT ", kAlertColumns, " FROM alerts WHERE state = 'firing' AND name IN (",
+                     Placeholders(1, evaluated.size()), ")");
+          for (const std::string& name : evaluated) st.params.emplace_back(name);
+          ASSIGN_OR_RETURN(Result firing_rows, c.Query(st.sql, st.params));
+          std::map<std::pair<std::string, std::string>, Alert> firing;
+          for (const Row& row : firing_rows.rows) {
+            Alert a = AlertFrom(row);
+            firing.emplace(std::make_pair(a.name, a.device_id), std::move(a));
+          }
+          std::vector<Alert> changed;
+          std::set<std::pair<std::string, std::string>> seen;
+          for (const AlertObservation& o : observations) {
+            auto key = std::make_pair(o.name, o.device_id);
+            if (!seen.insert(key).second) continue;  // the first observation wins
+            auto it = firing.find(key);
+            if (it == firing.end()) {
+              ASSIGN_OR_RETURN(
+                  Result r,
+                  c.Query(StrCat("INSERT INTO alerts (name, device_id, severity, state, site, "
+                                 "value, threshold, summary, started_at, updated_at) VALUES "
+                                 "($1, $2, $3, 'firing', $4, $5, $6, $7, $8, $8) RETURNING ",
+                                 kAlertColumns),
+                          {o.name, o.device_id, o.severity, o.site, o.value, o.threshold, o.summary,
+                           now}));
+              changed.push_back(AlertFrom(r.rows.at(0)));
+              continue;
+            }
+            const Alert& a = it->second;
+            if (a.value == o.value && a.threshold == o.threshold && a.severity == o.severity &&
+                a.summary == o.summary && a.site == o.site) {
+              continue;
+            }
+            RETURN_IF_ERROR(
+                c.Query("UPDATE alerts SET severity = $1, site = $2, value = $3, "
+                        "threshold = $4, summary = $5, updated_at = $6 WHERE id = $7",
+                        {o.severity, o.site, o.value, o.threshold, o.summary, now, a.id})
+                    .status());
+          }
+          for (auto& [key, a] : firing) {
+            if (seen.contains(key)) continue;
+            RETURN_IF_ERROR(c.Query("UPDATE alerts SET state = 'resolved', resolved_at = $1, "
+                                    "updated_at = $1 WHERE id = $2",
+                                    {now, a.id})
+                                .status());
+            a.state = AlertState::kResolved;
+            a.resolved_at = now;
+            a.updated_at = now;
+            changed.push_back(std::move(a));
+          }
+          return changed;
+        });
+  }
+
+  absl::StatusOr<std::vector<Alert>> ListAlerts(const AlertFilter& filter) override {
+    return Run<std::vector<Alert>>(
+        TxMode::kRead, [&](Connection& c) -> absl::StatusOr<std::vector<Alert>> {
+          Statement st;
+          st.sql = StrCat("SELECT ", kAlertColumns, " FROM alerts WHERE 1 = 1");
+          if (filter.state) StrAppend(&st.sql, " AND state = ", st.Bind(NameOf(*filter.state)));
+          if (!filter.name.empty()) StrAppend(&st.sql, " AND name = ", st.Bind(filter.name));
+          if (!filter.device_id.empty()) {
+            StrAppend(&st.sql, " AND device_id = ", st.Bind(filter.device_id));
+          }
+          if (!filter.site.empty()) StrAppend(&st.sql, " AND site = ", st.Bind(filter.site));
+          StrAppend(&st.sql, " ORDER BY started_at DESC, id DESC");
+          if (filter.limit > 0) StrAppend(&st.sql, " LIMIT ", st.Bind(filter.limit));
+          ASSIGN_OR_RETURN(Result r, c.Query(st.sql, st.params));
+          std::vector<Alert> out;
+          out.reserve(r.rows.size());
+          for (const Row& row : r.rows) out.push_back(AlertFrom(row));
+          return out;
+        });
+  }
+
+  absl::StatusOr<int64_t> DeleteAlertsResolvedBefore(TimeMs cutoff) override {
+    return Run<int64_t>(TxMode::kWrite, [&](Connection& c) -> absl::StatusOr<int64_t> {
+      ASSIGN_OR_RETURN(Result r, c.Query("DELETE FROM alerts WHERE state = 'resolved' AND "
+                                         "resolved_at < $1",
+                                         {cutoff}));
+      return r.affected;
     });
   }
 

@@ -30,6 +30,8 @@ constexpr std::string_view kRolloutStates[] = {"pending", "running",   "paused",
 constexpr std::string_view kRolloutDeviceStates[] = {"pending",   "offered", "installing",
                                                      "committed", "failed",  "rolled_back"};
 constexpr std::string_view kConfigScopes[] = {"fleet", "site", "group", "device"};
+constexpr std::string_view kSeriesGroups[] = {"device", "release", "model_version", "none"};
+constexpr std::string_view kAlertStates[] = {"firing", "resolved"};
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.substr(0, prefix.size()) == prefix;
@@ -46,6 +48,8 @@ std::string_view NameOf(RolloutDeviceState state) {
   return kRolloutDeviceStates[static_cast<size_t>(state)];
 }
 std::string_view NameOf(ConfigScope scope) { return kConfigScopes[static_cast<size_t>(scope)]; }
+std::string_view NameOf(SeriesGroup group) { return kSeriesGroups[static_cast<size_t>(group)]; }
+std::string_view NameOf(AlertState state) { return kAlertStates[static_cast<size_t>(state)]; }
 
 absl::StatusOr<Role> ParseRole(std::string_view name) {
   return ParseName<Role>("role", name, kRoles);
@@ -61,6 +65,13 @@ absl::StatusOr<RolloutDeviceState> ParseRolloutDeviceState(std::string_view name
 }
 absl::StatusOr<ConfigScope> ParseConfigScope(std::string_view name) {
   return ParseName<ConfigScope>("configuration scope", name, kConfigScopes);
+}
+
+absl::StatusOr<SeriesGroup> ParseSeriesGroup(std::string_view name) {
+  return ParseName<SeriesGroup>("series grouping", name, kSeriesGroups);
+}
+absl::StatusOr<AlertState> ParseAlertState(std::string_view name) {
+  return ParseName<AlertState>("alert state", name, kAlertStates);
 }
 
 bool IsActive(RolloutState state) {

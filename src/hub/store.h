@@ -274,22 +274,108 @@ struct TelemetryBatch {
   std::string batch_id;  // unique per device; a re-sent batch is stored once
   TimeMs received_at = 0;
   std::vector<TelemetrySample> samples;
+  // What the device ran when it sent the batch, stamped on every sample so
+  // queries and rollups can compare releases and model versions over time:
+  // its current release, and its loaded models as sorted "model/version"
+  // items joined by commas ("" when unknown).
+  std::string release_id;
+  std::string model_version;
 };
 
 struct StoredSample {
   std::string device_id;
   std::string metric;
   TimeMs device_time = 0;
-  TimeMs hub_time = 0;  // the batch's received_at
+  // When it was taken, on the hub's clock (corrected device time; the
+  // batch's arrival when the device sent no clock).
+  TimeMs hub_time = 0;
   double value = 0;
   std::string labels_json;
+};
+
+// Which samples a series query covers and how it groups them.
+enum class SeriesGroup { kDevice, kRelease, kModelVersion, kNone };
+std::string_view NameOf(SeriesGroup group);
+// "device", "release", "model_version", "none".
+absl::StatusOr<SeriesGroup> ParseSeriesGroup(std::string_view name);
+
+struct SeriesQuery {
+  std::string metric;  // required
+  // Filters; empty = any. site is the device's current site; release and
+  // model_version are what the device ran when the sample was sent
+  // (model_version matches one "model/version" item of the stamp).
+  std::vector<std::string> device_ids;
+  std::string site;
+  std::string release_id;
+  std::string model_version;
+  // Half-open range on device_time, bucketed by `step_ms` (> 0; a multiple
+  // of resolution_ms when reading a rollup).
+  TimeMs from = 0;
+  TimeMs to = INT64_MAX;
+  int64_t step_ms = 60'000;
+  // 0: raw samples; otherwise a rollup resolution RollUpTelemetry keeps.
+  int64_t resolution_ms = 0;
+  SeriesGroup group = SeriesGroup::kDevice;
+  int64_t limit = 10000;  // points, ordered by group, labels, bucket
+};
+
+// One bucket of one series: count/sum/min/max of the samples in it.
+struct SeriesPoint {
+  std::string group;  // the device id, release or model version; "" for kNone
+  std::string labels_json;
+  TimeMs bucket_start = 0;
+  int64_t count = 0;
+  double sum = 0;
+  double min = 0;
+  double max = 0;
+};
+
+enum class AlertState { kFiring, kResolved };
+std::string_view NameOf(AlertState state);
+absl::StatusOr<AlertState> ParseAlertState(std::string_view name);
+
+// A condition the alert evaluator found true at one evaluation.
+struct AlertObservation {
+  std::string name;       // the rule ("device_offline", ...)
+  std::string device_id;  // "" for a fleet-wide alert
+  std::string severity;   // "critical", "warning", "info"
+  std::string site;
+  double value = 0;      // what was measured
+  double threshold = 0;  // what it was compared with
+  std::string summary;   // one line for people
+};
+
+// An alert as stored: one row per episode; a condition that comes back
+// after resolving opens a new row.
+struct Alert {
+  int64_t id = 0;
+  std::string name;
+  std::string device_id;
+  std::string severity;
+  AlertState state = AlertState::kFiring;
+  std::string site;
+  double value = 0;
+  double threshold = 0;
+  std::string summary;
+  TimeMs started_at = 0;
+  TimeMs resolved_at = 0;  // 0 while firing
+  TimeMs updated_at = 0;
+};
+
+struct AlertFilter {
+  std::optional<AlertState> state;
+  std::string name;
+  std::string device_id;
+  std::string site;
+  int64_t limit = 1000;  // newest first
 };
 
 struct TelemetryQuery {
   std::vector<std::string> device_ids;  // empty = every device
   std::string metric;
   // Half-open range [from, to) on device_time, or on hub_time (by_hub_time:
-  // what rollout gates use, immune to device clocks).
+  // the moment taken on the hub's clock, what rollout gates use, immune to
+  // device clocks).
   TimeMs from = 0;
   TimeMs to = INT64_MAX;
   bool by_hub_time = false;
@@ -523,10 +609,52 @@ class Store {
   // Oldest first (by the queried time axis, then device id), at most
   // query.limit. Errors: InvalidArgument (empty metric).
   virtual absl::StatusOr<std::vector<StoredSample>> QueryTelemetry(const TelemetryQuery& query) = 0;
-  // Retention: deletes samples and batch records received before `cutoff`
-  // (hub time). Returns the number of samples deleted. A batch re-sent
+  // Retention: deletes samples and batch records that arrived before
+  // `cutoff` (hub time). Returns the number of samples deleted. A batch re-sent
   // after its record expired is stored again.
   virtual absl::StatusOr<int64_t> DeleteTelemetryBefore(TimeMs cutoff) = 0;
+
+  // Downsampling. Folds every sample that arrived (hub time) from the rollup
+  // watermark up to `up_to` into count/sum/min/max buckets of each
+  // resolution in `resolutions_ms` (bucketed on device_time, per device,
+  // metric, labels, release and model version), and moves the watermark to
+  // up_to, in one transaction: each sample is counted exactly once even
+  // with several hub processes (the watermark row is locked). A sample
+  // that arrives late (a device's offline backlog) lands in its old
+  // bucket. The first call starts from the oldest sample. Returns the
+  // number of samples folded. up_to at or before the watermark is a no-op.
+  // Errors: InvalidArgument (a resolution < 1 s).
+  virtual absl::StatusOr<int64_t> RollUpTelemetry(const std::vector<int64_t>& resolutions_ms,
+                                                  TimeMs up_to) = 0;
+  // The hub time up to which samples are folded (0 before the first call).
+  virtual absl::StatusOr<TimeMs> RollupWatermark() = 0;
+  // Retention of one rollup resolution: deletes buckets starting before
+  // `cutoff`. Returns the number of buckets deleted.
+  virtual absl::StatusOr<int64_t> DeleteRollupsBefore(int64_t resolution_ms, TimeMs cutoff) = 0;
+  // Points of a metric, from raw samples or a rollup (SeriesQuery).
+  // Errors: InvalidArgument (empty metric, step_ms < 1, a step that is not
+  // a multiple of the resolution, too many devices).
+  virtual absl::StatusOr<std::vector<SeriesPoint>> QueryTelemetrySeries(
+      const SeriesQuery& query) = 0;
+  // Hub time of each device's newest telemetry batch still retained.
+  virtual absl::StatusOr<std::map<std::string, TimeMs>> LastTelemetryByDevice() = 0;
+
+  // --- Alerts -----------------------------------------------------------
+  // Records one evaluation of the rules named in `evaluated`, in one
+  // transaction serialised across hub processes: each observation updates
+  // its firing alert (value, threshold, summary, severity, updated_at) or
+  // opens a new one (started_at = now); every firing alert of an evaluated
+  // rule with no observation is resolved (resolved_at = now). Alerts of
+  // rules not in `evaluated` are left alone. Returns the alerts that
+  // changed state (opened or resolved), to notify about.
+  // Errors: InvalidArgument (an observation of a rule not in `evaluated`,
+  // an empty name or severity, a non-finite value).
+  virtual absl::StatusOr<std::vector<Alert>> RecordAlertEvaluation(
+      const std::vector<std::string>& evaluated, const std::vector<AlertObservation>& observations,
+      TimeMs now) = 0;
+  virtual absl::StatusOr<std::vector<Alert>> ListAlerts(const AlertFilter& filter) = 0;
+  // Retention: deletes alerts resolved before `cutoff`. Returns how many.
+  virtual absl::StatusOr<int64_t> DeleteAlertsResolvedBefore(TimeMs cutoff) = 0;
 };
 
 }  // namespace outpost::hub

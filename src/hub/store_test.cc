@@ -849,6 +849,224 @@ TEST_P(StoreTest, TelemetryBatchesAreIdempotentQueryableAndExpire) {
   EXPECT_EQ(*store_->InsertTelemetryBatch(batch), InsertResult::kInserted);
 }
 
+TEST_P(StoreTest, RollupsFoldEachSampleOnceAndLateSamplesLandInTheirOldBucket) {
+  AddDevice("dev-1", "site-a");
+  AddDevice("dev-2", "site-b");
+  constexpr int64_t kMin = 60'000;
+  // dev-1 on r1 (yolo/3): 10 samples a minute apart, values 0..9.
+  TelemetryBatch one{"dev-1", "b-1", 20 * kMin, {}, "r1", "yolo/3"};
+  for (int i = 0; i < 10; ++i) one.samples.push_back({"temperature_c", i * kMin, double(i)});
+  one.samples.push_back({"fps", 0, 30, R"({"model":"yolo"})"});
+  ASSERT_OK(store_->InsertTelemetryBatch(one));
+  // dev-2 on r2 (det/1,yolo/4): two samples in the first 5 minutes.
+  ASSERT_OK(
+      store_->InsertTelemetryBatch({"dev-2",
+                                    "b-1",
+                                    20 * kMin,
+                                    {{"temperature_c", kMin, 50}, {"temperature_c", 2 * kMin, 70}},
+                                    "r2",
+                                    "det/1,yolo/4"}));
+
+  const std::vector<int64_t> resolutions = {5 * kMin, 60 * kMin};
+  EXPECT_EQ(*store_->RollupWatermark(), 0);
+  ASSERT_OK_AND_ASSIGN(int64_t folded, store_->RollUpTelemetry(resolutions, 21 * kMin));
+  EXPECT_EQ(folded, 13);
+  EXPECT_EQ(*store_->RollupWatermark(), 21 * kMin);
+  // Nothing new: folding again changes nothing; a watermark never goes back.
+  EXPECT_EQ(*store_->RollUpTelemetry(resolutions, 21 * kMin), 0);
+  EXPECT_EQ(*store_->RollUpTelemetry(resolutions, 10 * kMin), 0);
+  // A second hub process sees the same watermark and folds nothing twice.
+  std::unique_ptr<Store> second = OpenSecond();
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(*second->RollUpTelemetry(resolutions, 21 * kMin), 0);
+
+  SeriesQuery q;
+  q.metric = "temperature_c";
+  q.resolution_ms = 5 * kMin;
+  q.step_ms = 5 * kMin;
+  ASSERT_OK_AND_ASSIGN(std::vector<SeriesPoint> points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 3u);
+  EXPECT_EQ(points[0].group, "dev-1");
+  EXPECT_EQ(points[0].bucket_start, 0);
+  EXPECT_EQ(points[0].count, 5);
+  EXPECT_EQ(points[0].sum, 0 + 1 + 2 + 3 + 4);
+  EXPECT_EQ(points[0].min, 0);
+  EXPECT_EQ(points[0].max, 4);
+  EXPECT_EQ(points[1].bucket_start, 5 * kMin);
+  EXPECT_EQ(points[1].sum, 5 + 6 + 7 + 8 + 9);
+  EXPECT_EQ(points[2].group, "dev-2");
+  EXPECT_EQ(points[2].count, 2);
+  EXPECT_EQ(points[2].max, 70);
+
+  // The same answer from raw samples.
+  SeriesQuery raw = q;
+  raw.resolution_ms = 0;
+  ASSERT_OK_AND_ASSIGN(std::vector<SeriesPoint> raw_points, store_->QueryTelemetrySeries(raw));
+  ASSERT_EQ(raw_points.size(), points.size());
+  for (size_t i = 0; i < points.size(); ++i) {
+    EXPECT_EQ(raw_points[i].group, points[i].group);
+    EXPECT_EQ(raw_points[i].bucket_start, points[i].bucket_start);
+    EXPECT_EQ(raw_points[i].count, points[i].count);
+    EXPECT_EQ(raw_points[i].sum, points[i].sum);
+  }
+
+  // The hour rollup, all devices together, and by release / model version.
+  q.resolution_ms = 60 * kMin;
+  q.step_ms = 60 * kMin;
+  q.group = SeriesGroup::kNone;
+  ASSERT_OK_AND_ASSIGN(points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].group, "");
+  EXPECT_EQ(points[0].count, 12);
+  EXPECT_EQ(points[0].min, 0);
+  EXPECT_EQ(points[0].max, 70);
+  q.group = SeriesGroup::kRelease;
+  ASSERT_OK_AND_ASSIGN(points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 2u);
+  EXPECT_EQ(points[0].group, "r1");
+  EXPECT_EQ(points[1].group, "r2");
+  EXPECT_EQ(points[1].sum, 120);
+
+  // Filters: site, release, one model version item matched whole.
+  q.group = SeriesGroup::kDevice;
+  q.site = "site-b";
+  ASSERT_OK_AND_ASSIGN(points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].group, "dev-2");
+  q.site = "";
+  q.release_id = "r1";
+  ASSERT_OK_AND_ASSIGN(points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].group, "dev-1");
+  q.release_id = "";
+  q.model_version = "yolo/4";
+  ASSERT_OK_AND_ASSIGN(points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].group, "dev-2");
+  q.model_version = "yolo/";
+  EXPECT_TRUE(store_->QueryTelemetrySeries(q)->empty());
+  q.model_version = "";
+  q.device_ids = {"dev-1"};
+  q.from = 0;
+  q.to = kMin;
+  q.resolution_ms = 0;
+  q.step_ms = kMin;
+  ASSERT_OK_AND_ASSIGN(points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].count, 1);
+
+  // A late sample from the device's offline backlog: received at 30 min,
+  // measured at minute 1, it joins the first bucket.
+  ASSERT_OK(store_->InsertTelemetryBatch(
+      {"dev-1", "b-late", 30 * kMin, {{"temperature_c", kMin, 100}}, "r1", "yolo/3"}));
+  EXPECT_EQ(*store_->RollUpTelemetry(resolutions, 31 * kMin), 1);
+  q = {};
+  q.metric = "temperature_c";
+  q.resolution_ms = 5 * kMin;
+  q.step_ms = 5 * kMin;
+  q.device_ids = {"dev-1"};
+  ASSERT_OK_AND_ASSIGN(points, store_->QueryTelemetrySeries(q));
+  ASSERT_EQ(points.size(), 2u);
+  EXPECT_EQ(points[0].count, 6);
+  EXPECT_EQ(points[0].max, 100);
+  EXPECT_EQ(points[0].min, 0);
+
+  // Bad queries.
+  q.step_ms = 7 * kMin;
+  EXPECT_EQ(CodeOf(store_->QueryTelemetrySeries(q)), absl::StatusCode::kInvalidArgument);
+  q.step_ms = 0;
+  EXPECT_EQ(CodeOf(store_->QueryTelemetrySeries(q)), absl::StatusCode::kInvalidArgument);
+  q.step_ms = 5 * kMin;
+  q.metric = "";
+  EXPECT_EQ(CodeOf(store_->QueryTelemetrySeries(q)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CodeOf(store_->RollUpTelemetry({10}, 40 * kMin)), absl::StatusCode::kInvalidArgument);
+
+  // Retention of a resolution; the newest batch per device.
+  ASSERT_OK_AND_ASSIGN(int64_t deleted, store_->DeleteRollupsBefore(5 * kMin, 5 * kMin));
+  EXPECT_EQ(deleted, 3);  // dev-1 temperature and fps, dev-2 temperature, first bucket
+  ASSERT_OK_AND_ASSIGN(auto last, store_->LastTelemetryByDevice());
+  EXPECT_EQ(last["dev-1"], 30 * kMin);
+  EXPECT_EQ(last["dev-2"], 20 * kMin);
+}
+
+TEST_P(StoreTest, AlertEvaluationsOpenUpdateAndResolveEpisodes) {
+  const std::vector<std::string> rules = {"device_offline", "temperature_high"};
+  AlertObservation hot{"temperature_high", "dev-1", "warning", "site-a", 90, 85, "hot"};
+  AlertObservation gone{"device_offline", "dev-2", "critical", "site-b", 12, 10, "offline"};
+  ASSERT_OK_AND_ASSIGN(std::vector<Alert> changed,
+                       store_->RecordAlertEvaluation(rules, {hot, gone}, 1000));
+  ASSERT_EQ(changed.size(), 2u);
+  EXPECT_EQ(changed[0].state, AlertState::kFiring);
+  EXPECT_EQ(changed[0].started_at, 1000);
+
+  // Still firing: nothing to notify, the value follows the measurement.
+  hot.value = 95;
+  ASSERT_OK_AND_ASSIGN(changed, store_->RecordAlertEvaluation(rules, {hot, gone}, 2000));
+  EXPECT_TRUE(changed.empty());
+  AlertFilter firing;
+  firing.state = AlertState::kFiring;
+  ASSERT_OK_AND_ASSIGN(std::vector<Alert> alerts, store_->ListAlerts(firing));
+  ASSERT_EQ(alerts.size(), 2u);
+  for (const Alert& a : alerts) {
+    EXPECT_EQ(a.started_at, 1000);
+    if (a.name == "temperature_high") {
+      EXPECT_EQ(a.value, 95);
+      EXPECT_EQ(a.updated_at, 2000);
+      EXPECT_EQ(a.site, "site-a");
+    }
+  }
+
+  // An evaluation of one rule leaves the other's alerts alone; a condition
+  // that is gone resolves.
+  ASSERT_OK_AND_ASSIGN(changed, store_->RecordAlertEvaluation({"temperature_high"}, {}, 3000));
+  ASSERT_EQ(changed.size(), 1u);
+  EXPECT_EQ(changed[0].name, "temperature_high");
+  EXPECT_EQ(changed[0].state, AlertState::kResolved);
+  EXPECT_EQ(changed[0].resolved_at, 3000);
+  EXPECT_EQ(store_->ListAlerts(firing)->size(), 1u);
+
+  // It comes back: a new episode, from a second hub process.
+  std::unique_ptr<Store> second = OpenSecond();
+  ASSERT_NE(second, nullptr);
+  ASSERT_OK_AND_ASSIGN(changed, second->RecordAlertEvaluation(rules, {hot, gone}, 4000));
+  ASSERT_EQ(changed.size(), 1u);
+  EXPECT_EQ(changed[0].started_at, 4000);
+  AlertFilter by_name;
+  by_name.name = "temperature_high";
+  ASSERT_OK_AND_ASSIGN(alerts, store_->ListAlerts(by_name));
+  ASSERT_EQ(alerts.size(), 2u);
+  EXPECT_EQ(alerts[0].state, AlertState::kFiring);  // newest first
+  EXPECT_EQ(alerts[1].state, AlertState::kResolved);
+  AlertFilter by_site;
+  by_site.site = "site-b";
+  EXPECT_EQ(store_->ListAlerts(by_site)->size(), 1u);
+
+  // Concurrent evaluations from two hub processes never open two episodes.
+  std::vector<std::thread> threads;
+  AlertObservation skew{"clock_skew", "dev-3", "warning", "", 120, 60, "skew"};
+  for (Store* s : {store_.get(), second.get()}) {
+    threads.emplace_back([s, skew] {
+      for (int i = 0; i < 5; ++i) EXPECT_OK(s->RecordAlertEvaluation({"clock_skew"}, {skew}, 5000));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  AlertFilter skews;
+  skews.name = "clock_skew";
+  EXPECT_EQ(store_->ListAlerts(skews)->size(), 1u);
+
+  // Retention drops resolved episodes only.
+  ASSERT_OK_AND_ASSIGN(int64_t deleted, store_->DeleteAlertsResolvedBefore(3500));
+  EXPECT_EQ(deleted, 1);
+  EXPECT_EQ(store_->ListAlerts({})->size(), 3u);
+
+  // Bad input.
+  EXPECT_EQ(CodeOf(store_->RecordAlertEvaluation({"device_offline"}, {hot}, 6000)),
+            absl::StatusCode::kInvalidArgument);
+  hot.value = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(CodeOf(store_->RecordAlertEvaluation(rules, {hot}, 6000)),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(StoreTest, TextRoundTripsExactlyAndNulIsRefused) {
   std::string unicode =
       "K\xc3\xbc"
