@@ -956,9 +956,11 @@ TEST_P(StoreTest, RollupsFoldEachSampleOnceAndLateSamplesLandInTheirOldBucket) {
   EXPECT_EQ(points[0].count, 1);
 
   // A late sample from the device's offline backlog: received at 30 min,
-  // measured at minute 1, it joins the first bucket.
-  ASSERT_OK(store_->InsertTelemetryBatch(
-      {"dev-1", "b-late", 30 * kMin, {{"temperature_c", kMin, 100}}, "r1", "yolo/3"}));
+  // measured at minute 1 (also on the hub's clock: hub_time, before the
+  // watermark), it is folded by its arrival and joins the first bucket.
+  TelemetrySample late{"temperature_c", kMin, 100};
+  late.hub_time = kMin;
+  ASSERT_OK(store_->InsertTelemetryBatch({"dev-1", "b-late", 30 * kMin, {late}, "r1", "yolo/3"}));
   EXPECT_EQ(*store_->RollUpTelemetry(resolutions, 31 * kMin), 1);
   q = {};
   q.metric = "temperature_c";
