@@ -138,7 +138,7 @@ class DashboardTest(unittest.TestCase):
         self.assertIn("south", seen["bySite"])
         # Without an alerts API (404) the panel says so plainly and the page
         # still works; with one, it lists alerts or says none fire.
-        status, _ = self.hub.api("GET", "/api/v1/alerts")
+        status, _ = self.hub.api("GET", "/api/v1/admin/alerts")
         if status == 404:
             self.assertIn("Alerts unavailable", seen["alerts"])
         else:

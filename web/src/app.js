@@ -201,7 +201,7 @@ async function alertsPanel() {
   const panel = h("section", { class: "card", "aria-labelledby": "alerts-h" },
     h("h2", { id: "alerts-h" }, "Alerts"));
   try {
-    const data = await api("/api/v1/alerts");
+    const data = await api(`${API}/alerts?state=firing`);
     const alerts = data.alerts || [];
     panel.append(alerts.length
       ? h("ul", {}, alerts.map((a) => h("li", {}, badge(a.severity || "alert",
@@ -211,7 +211,7 @@ async function alertsPanel() {
       : h("p", { class: "ok" }, "No alerts firing."));
   } catch (e) {
     panel.append(h("p", { class: "notice", role: "status" }, e.status === 404
-      ? "Alerts unavailable: this hub has no alerts API (GET /api/v1/alerts answered 404)."
+      ? `Alerts unavailable: this hub has no alerts API (GET ${API}/alerts answered 404).`
       : `Alerts unavailable: ${e.message}`));
   }
   return panel;
@@ -432,6 +432,12 @@ function gateRows(r) {
       reg > plan.p95_regression_pct, " %"),
     row("Error rate", g.wave_error_rate === undefined ? null : fmt(g.wave_error_rate, 4),
       plan.max_error_rate, g.wave_error_rate > plan.max_error_rate),
+    row("Output drift (PSI)", g.wave_drift_psi === undefined ? null : fmt(g.wave_drift_psi, 3),
+      plan.max_drift_psi, g.wave_drift_psi > plan.max_drift_psi),
+    // "max_offline": null turns the gate off; 0 means none may fall silent.
+    row("Devices silent after taking it", (g.offline_after_commit || []).length,
+      plan.max_offline, (g.offline_after_commit || []).length > (plan.max_offline ?? 0), "",
+      plan.max_offline !== null && plan.max_offline !== undefined),
     ["Telemetry samples", g.telemetry_samples ?? "—", `≥ ${plan.min_samples ?? 0}`, ""],
     ["p95 latency: wave / baseline (ms)",
       `${fmt(g.wave_p95_ms, 2)} / ${fmt(g.baseline_p95_ms, 2)}`, "", ""],
