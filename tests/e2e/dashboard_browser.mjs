@@ -122,7 +122,7 @@ const steps = {
     await page.goto(`${hub}/ui/#/rollouts/new/${encodeURIComponent(args.release)}`);
     await page.getByLabel("Waves").fill("1, 100%");
     await page.getByLabel("Soak (s)").fill("300");
-    await page.getByLabel("p95 regression gate (%)").fill("50");
+    await page.getByLabel("p95 regression gate (%)").fill("20");
     await page.getByLabel("Error rate gate (0–1)").fill("");
     await page.getByLabel("Min. samples").fill("2");
     await page.getByRole("button", { name: "Start rollout" }).click();

@@ -126,6 +126,10 @@ class DashboardTest(unittest.TestCase):
             self.fail(f"browser step {step} failed:\n{result.stdout}\n{result.stderr}")
         seen = json.loads(result.stdout.strip().splitlines()[-1])
         self.assertEqual(seen["pageErrors"], [], f"uncaught errors in the dashboard ({step})")
+        # The browser logs refused API calls (401, 404) itself; anything
+        # else (a CSP violation, a failed asset) is a bug.
+        unexpected = [e for e in seen["consoleErrors"] if "Failed to load resource" not in e]
+        self.assertEqual(unexpected, [], f"console errors ({step})")
         return seen
 
     def test_1_sign_in_and_see_the_fleet(self):
@@ -199,7 +203,9 @@ class DashboardTest(unittest.TestCase):
             self.skipTest("test_4 did not run")
         seen = self.browser("compare", a="r2", b="r3-slow")
         self.assertIn("On the same 1 device", seen["sameDevices"])
-        before, after = (float(v) for v in seen["rows"]["p95 latency (ms)"][:2])
+        # The median: p95 on a loaded two-core machine is mostly queueing
+        # noise, the slow model's compute time shows in p50.
+        before, after = (float(v) for v in seen["rows"]["p50 latency (ms)"][:2])
         self.assertGreater(after, before, seen["rows"])
 
 
