@@ -84,7 +84,7 @@ TEST(ArchiveTest, WriterOutputIsStandardTarWithPaxOnlyWhenNeeded) {
       {"manifest.json", "{}"},
       {LongPath(5), std::string(1000, 'a')},  // > 100 bytes: ustar prefix + name
       {LongPath(14), std::string(513, 'b')},  // > 255 bytes: a pax path record
-      {"empty.txt", ""}};
+      {"config/empty.txt", ""}};
   {
     auto writer = ArchiveWriter::Create(path, 3, 1700000000);
     ASSERT_TRUE(writer.ok()) << writer.status();

@@ -248,17 +248,13 @@ struct HttpConnection::Impl {
     buffer.clear();
   }
 
-  // A kept connection the server closed (or, over plain HTTP, wrote to
-  // unasked) is useless. Over TLS, readable bytes may be a late session
-  // ticket; a close_notify among them shows up as a stale exchange.
+  // A kept connection with something to read while no request is out was
+  // closed by the server (EOF, or a TLS close_notify) or is out of step:
+  // not worth a write that would fail.
   bool StillUsable() {
     if (!IsOpen() || buffer.size() != 0) return false;
-    int fd = Lowest().native_handle();
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 0) == 0) return true;
-    char byte;
-    ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n > 0 && tls.has_value();
+    pollfd p{Lowest().native_handle(), POLLIN, 0};
+    return ::poll(&p, 1, 0) == 0;
   }
 
   // Runs one asynchronous operation to completion: `start` is called with

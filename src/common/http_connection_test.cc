@@ -191,6 +191,19 @@ TEST(HttpConnectionTest, ReusesOneConnectionAndDecodesChunkedBodies) {
     }
   }
   EXPECT_EQ(server.connections(), 1);
+  // The kept connection probes only after 15 idle minutes (ss shows the
+  // keep-alive timer of the client's socket, whose peer port is the server's).
+  std::string ss_cmd = StrCat("ss -tnoH state established dst 127.0.0.1:", url->port, " 2>&1");
+  std::string ss_out;
+  if (FILE* pipe = popen(ss_cmd.c_str(), "r")) {
+    char line[512];
+    while (fgets(line, sizeof(line), pipe) != nullptr) ss_out += line;
+    pclose(pipe);
+  }
+  EXPECT_NE(ss_out.find("timer:(keepalive,1"), std::string::npos) << ss_out;
+  EXPECT_TRUE(ss_out.find("14min") != std::string::npos ||
+              ss_out.find("15min") != std::string::npos)
+      << ss_out;
   auto requests = server.requests();
   ASSERT_EQ(requests.size(), 3u);
   EXPECT_EQ(requests[0].substr(0, requests[0].find("\r\n")), "GET /path?q=1 HTTP/1.1");
