@@ -53,7 +53,7 @@ class InMemorySource : public ByteSource {
   explicit InMemorySource(std::string_view data) : data_(data) {}
   absl::StatusOr<size_t> Read(char* buffer, size_t size) override {
     size_t n = std::min(size, data_.size());
-    std::memcpy(buffer, data_.data(), n);
+    if (n > 0) std::memcpy(buffer, data_.data(), n);
     data_.remove_prefix(n);
     return n;
   }

@@ -144,7 +144,7 @@ absl::Status ArchiveWriter::WriteHeader(std::string_view name, char type, uint64
   header[156] = type;
   std::memcpy(header + 257, "ustar", 6);
   std::memcpy(header + 263, "00", 2);
-  std::memcpy(header + 345, prefix.data(), prefix.size());
+  if (!prefix.empty()) std::memcpy(header + 345, prefix.data(), prefix.size());
   unsigned checksum = 0;
   for (char c : header) checksum += static_cast<unsigned char>(c);
   std::snprintf(header + 148, 8, "%06o", checksum);
