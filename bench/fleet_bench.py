@@ -765,7 +765,7 @@ def phase_idle(args, bins):
 
 class SimConn:
     """One persistent HTTPS/1.1 connection (asyncio); reopened when the hub
-    closed it (like libcurl's connection cache)."""
+    closed it (as the agent's HTTP client does)."""
 
     def __init__(self, sim):
         self.sim = sim
@@ -1470,7 +1470,7 @@ def render_scale(results, command, when):
              f"{fmt_s(d['poll-interval'])} between polls) and posts a telemetry batch of the "
              "agent's shape (12 samples, uncompressed JSON like the agent's) every "
              f"{fmt_s(d['telemetry-interval'])} (the first at a random offset) on a second "
-             "connection, reopened when the hub has closed it in between (as libcurl does). "
+             "connection, reopened when the hub has closed it in between (as the agent's HTTP client does). "
              "Devices connect at 100/s. r1 is rolled out to all (waves 1, 10%, 100%, soak 0; "
              "simulated devices report `committed` without downloading); then after a settle "
              "period the window measures steady idling: hub CPU = utime + stime from "

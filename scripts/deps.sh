@@ -39,7 +39,9 @@ PACKAGES=(
   # libraries (DESIGN.md, "Chosen dependencies")
   libboost1.74-dev libssl-dev prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev libsodium-dev libsqlite3-dev
-  libcurl4-openssl-dev libarchive-dev libzstd-dev libpq-dev
+  libzstd-dev libpq-dev
+  # tests only: libarchive crafts hostile bundles and cross-checks our tar code
+  libarchive-dev
   # gRPC API (KServe v2 GRPCInferenceService)
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   # pipelines: only the OpenCV modules used (libopencv-dev would pull VTK and Qt)

@@ -1,6 +1,5 @@
 #include "agent/fetcher.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sodium.h>
@@ -19,6 +18,7 @@
 
 #include "common/atomic_file.h"
 #include "common/fault_injection.h"
+#include "common/http_connection.h"
 
 namespace outpost::agent {
 namespace {
@@ -31,7 +31,6 @@ constexpr size_t kMaxErrorBody = 256;
 void InitLibraries() {
   static std::once_flag once;
   std::call_once(once, [] {
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     if (sodium_init() < 0) spdlog::error("fetcher: sodium_init failed");
   });
 }
@@ -68,7 +67,7 @@ struct AttemptOutcome {
 };
 
 // One Fetch() call: the open, locked .part and the hash of its content.
-class Download {
+class Download : public HttpResponseHandler {
  public:
   Download(std::string_view url, const fs::path& dest, uint64_t expected_size,
            const FetchOptions& options)
@@ -80,8 +79,6 @@ class Download {
 
   ~Download() {
     if (fd_ >= 0) ::close(fd_);
-    if (curl_ != nullptr) curl_easy_cleanup(curl_);
-    if (headers_ != nullptr) curl_slist_free_all(headers_);
   }
 
   absl::StatusOr<FetchResult> Run(const unsigned char* expected_hash);
@@ -91,9 +88,9 @@ class Download {
   absl::Status HashExistingPrefix();
   absl::Status StartOver(std::string_view why);
   absl::Status CheckFreeSpace();
-  absl::Status SetUpCurl();
+  absl::Status SetUpConnection();
   AttemptOutcome Attempt();
-  AttemptOutcome Classify(CURLcode code);
+  AttemptOutcome Classify(const absl::Status& transport);
   absl::Status RemovePart();
   absl::Status Finish();
   bool Cancelled() const { return options_.cancelled && options_.cancelled(); }
@@ -103,13 +100,13 @@ class Download {
   // Sleeps `delay`, waking early to notice cancellation.
   bool SleepUnlessCancelled(std::chrono::milliseconds delay);
 
-  // curl callbacks.
-  static size_t OnHeader(char* data, size_t size, size_t n, void* self);
-  static size_t OnBody(char* data, size_t size, size_t n, void* self);
-  static int OnXferInfo(void* self, curl_off_t, curl_off_t, curl_off_t, curl_off_t);
-  // Decides, at the first body byte, what the response means for the .part.
-  absl::Status BeginBody();
-  size_t TakeBody(const char* data, size_t n);
+  // HttpResponseHandler: the head decides what the response means for the
+  // .part (BeginBody); 200/206 bodies go to the .part, others are kept
+  // (clipped) for the error message.
+  absl::Status OnHead(int status, const HttpHeaderList& headers) override;
+  absl::Status OnBody(std::string_view data) override;
+  absl::Status BeginBody(const HttpHeaderList& headers);
+  absl::Status TakeBody(std::string_view data);
 
   const std::string url_;
   const fs::path dest_;
@@ -122,17 +119,16 @@ class Download {
   crypto_hash_sha256_state hash_;
   FetchResult result_;
 
-  CURL* curl_ = nullptr;
-  curl_slist* headers_ = nullptr;
-  char curl_error_[CURL_ERROR_SIZE] = {};
+  ParsedUrl url_parsed_;
+  std::unique_ptr<HttpConnection> connection_;
+  std::vector<std::pair<std::string, std::string>> headers_;
 
   // Per attempt.
-  bool body_started_ = false;
   long http_code_ = 0;
   std::string content_range_;
   std::string retry_after_;
   std::string error_body_;
-  absl::Status body_error_;   // why OnBody stopped the transfer
+  absl::Status body_error_;   // why OnHead/OnBody stopped the transfer
   bool remove_part_ = false;  // with body_error_: the .part is of another artifact
   uint64_t attempt_start_ = 0;
 };
@@ -210,70 +206,33 @@ absl::Status Download::CheckFreeSpace() {
   return absl::OkStatus();
 }
 
-absl::Status Download::SetUpCurl() {
-  curl_ = curl_easy_init();
-  if (curl_ == nullptr) return absl::InternalError("curl_easy_init failed");
-  curl_easy_setopt(curl_, CURLOPT_URL, url_.c_str());
-  curl_easy_setopt(curl_, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(curl_, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(curl_, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_easy_setopt(curl_, CURLOPT_MAXREDIRS, 5L);
-  curl_easy_setopt(curl_, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl_, CURLOPT_USERAGENT, "outpost-agent/" OUTPOST_VERSION);
-  curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, curl_error_);
-  curl_easy_setopt(curl_, CURLOPT_CONNECTTIMEOUT_MS,
-                   static_cast<long>(options_.connect_timeout.count()));
-  curl_easy_setopt(curl_, CURLOPT_LOW_SPEED_LIMIT, options_.low_speed_bytes_per_second);
-  curl_easy_setopt(curl_, CURLOPT_LOW_SPEED_TIME,
-                   static_cast<long>(options_.low_speed_time.count()));
-  if (!options_.ca_file.empty()) {
-    curl_easy_setopt(curl_, CURLOPT_CAINFO, options_.ca_file.c_str());
-    curl_easy_setopt(curl_, CURLOPT_CAPATH, nullptr);  // only the pinned CA
-  }
-  if (!options_.pinned_public_key.empty()) {
-    curl_easy_setopt(curl_, CURLOPT_PINNEDPUBLICKEY, options_.pinned_public_key.c_str());
-  }
-  if (!options_.bearer_token.empty()) {
-    // curl's own bearer auth is not resent to another host on redirect.
-    curl_easy_setopt(curl_, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
-    curl_easy_setopt(curl_, CURLOPT_XOAUTH2_BEARER, options_.bearer_token.c_str());
-  }
+absl::Status Download::SetUpConnection() {
+  ASSIGN_OR_RETURN(url_parsed_, ParseHttpUrl(url_));
+  connection_ = HttpConnection::Create({.ca_file = options_.ca_file,
+                                        .pinned_public_key = options_.pinned_public_key,
+                                        .connect_timeout = options_.connect_timeout});
+  headers_.emplace_back("User-Agent", "outpost-agent/" OUTPOST_VERSION);
   // Identity encoding only: Range offsets count the stored bytes.
-  headers_ = curl_slist_append(headers_, "Accept-Encoding: identity");
-  curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, headers_);
-  curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &Download::OnHeader);
-  curl_easy_setopt(curl_, CURLOPT_HEADERDATA, this);
-  curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &Download::OnBody);
-  curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
-  curl_easy_setopt(curl_, CURLOPT_XFERINFOFUNCTION, &Download::OnXferInfo);
-  curl_easy_setopt(curl_, CURLOPT_XFERINFODATA, this);
-  curl_easy_setopt(curl_, CURLOPT_NOPROGRESS, 0L);
+  headers_.emplace_back("Accept-Encoding", "identity");
+  if (!options_.bearer_token.empty()) {
+    headers_.emplace_back("Authorization", StrCat("Bearer ", options_.bearer_token));
+  }
   return absl::OkStatus();
 }
 
-size_t Download::OnHeader(char* data, size_t size, size_t n, void* self_ptr) {
-  auto* self = static_cast<Download*>(self_ptr);
-  std::string_view line(data, size * n);
-  while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.remove_suffix(1);
-  if (line.starts_with("HTTP/")) {  // a new response (redirect, 100 Continue, final)
-    self->content_range_.clear();
-    self->retry_after_.clear();
-    return size * n;
+std::string_view FindHeader(const HttpHeaderList& headers, std::string_view name) {
+  for (const auto& [key, value] : headers) {
+    if (key == name) return value;
   }
-  size_t colon = line.find(':');
-  if (colon == std::string_view::npos) return size * n;
-  std::string name(line.substr(0, colon));
-  std::transform(name.begin(), name.end(), name.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
-  std::string_view value = line.substr(colon + 1);
-  while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-  if (name == "content-range") self->content_range_ = value;
-  if (name == "retry-after") self->retry_after_ = value;
-  return size * n;
+  return {};
 }
 
-int Download::OnXferInfo(void* self_ptr, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
-  return static_cast<Download*>(self_ptr)->Cancelled() ? 1 : 0;
+absl::Status Download::OnHead(int status, const HttpHeaderList& headers) {
+  http_code_ = status;
+  content_range_ = FindHeader(headers, "content-range");
+  retry_after_ = FindHeader(headers, "retry-after");
+  body_error_ = BeginBody(headers);
+  return body_error_;
 }
 
 // Parses "bytes FIRST-LAST/TOTAL" (TOTAL may be "*": *total = nullopt).
@@ -299,15 +258,15 @@ bool ParseContentRange(std::string_view v, uint64_t* first, std::optional<uint64
   return true;
 }
 
-absl::Status Download::BeginBody() {
-  curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &http_code_);
+absl::Status Download::BeginBody(const HttpHeaderList& headers) {
   if (http_code_ != 200 && http_code_ != 206) return absl::OkStatus();  // error body
   std::optional<uint64_t> total;
   if (http_code_ == 200) {
     if (offset_ > 0) RETURN_IF_ERROR(StartOver("the server ignored the Range request (HTTP 200)"));
-    curl_off_t length = -1;
-    curl_easy_getinfo(curl_, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
-    if (length >= 0) total = static_cast<uint64_t>(length);
+    std::string_view length = FindHeader(headers, "content-length");
+    uint64_t value = 0;
+    auto [p, ec] = std::from_chars(length.data(), length.data() + length.size(), value);
+    if (!length.empty() && ec == std::errc() && p == length.data() + length.size()) total = value;
   } else {
     uint64_t first = 0;
     if (!ParseContentRange(content_range_, &first, &total) || first != offset_) {
@@ -327,16 +286,18 @@ absl::Status Download::BeginBody() {
   return absl::OkStatus();
 }
 
-size_t Download::TakeBody(const char* data, size_t n) {
+absl::Status Download::TakeBody(std::string_view bytes) {
+  const char* data = bytes.data();
+  const size_t n = bytes.size();
   if (offset_ + n > expected_size_) {
     remove_part_ = true;
     body_error_ = absl::ResourceExhaustedError(
         StrCat(url_, " sent more than the expected ", expected_size_,
                " bytes; refusing the rest (the hub serves another artifact)"));
-    return 0;
+    return body_error_;
   }
   body_error_ = OUTPOST_FAIL_WRITE_AT("fetch.part_write");
-  if (!body_error_.ok()) return 0;
+  if (!body_error_.ok()) return body_error_;
   size_t written = 0;
   while (written < n) {
     ssize_t w = ::pwrite(fd_, data + written, n - written, static_cast<off_t>(offset_ + written));
@@ -348,7 +309,7 @@ size_t Download::TakeBody(const char* data, size_t n) {
         spdlog::warn("fetch {}: cannot truncate {}: {}", url_, part_.string(),
                      std::strerror(errno));
       }
-      return 0;
+      return body_error_;
     }
     written += static_cast<size_t>(w);
   }
@@ -357,81 +318,72 @@ size_t Download::TakeBody(const char* data, size_t n) {
   result_.bytes_received += n;
   ReportProgress();
   OUTPOST_CRASH_AT("fetch.part_written");
-  return n;
+  return absl::OkStatus();
 }
 
-size_t Download::OnBody(char* data, size_t size, size_t n, void* self_ptr) {
-  auto* self = static_cast<Download*>(self_ptr);
-  size_t bytes = size * n;
-  if (!self->body_started_) {
-    self->body_started_ = true;
-    self->body_error_ = self->BeginBody();
-    if (!self->body_error_.ok()) return 0;
-  }
-  if (self->http_code_ != 200 && self->http_code_ != 206) {
+absl::Status Download::OnBody(std::string_view data) {
+  if (http_code_ != 200 && http_code_ != 206) {
     size_t keep =
-        std::min(bytes, kMaxErrorBody - std::min(kMaxErrorBody, self->error_body_.size()));
-    self->error_body_.append(data, keep);
-    return bytes;
+        std::min(data.size(), kMaxErrorBody - std::min(kMaxErrorBody, error_body_.size()));
+    error_body_.append(data.substr(0, keep));
+    return absl::OkStatus();
   }
-  return self->TakeBody(data, bytes);
+  return TakeBody(data);
 }
 
 AttemptOutcome Download::Attempt() {
-  body_started_ = false;
   http_code_ = 0;
   content_range_.clear();
   retry_after_.clear();
   error_body_.clear();
   body_error_ = absl::OkStatus();
   remove_part_ = false;
-  curl_error_[0] = '\0';
   attempt_start_ = offset_;
-  std::string range = offset_ > 0 ? StrCat(offset_, "-") : std::string();
-  curl_easy_setopt(curl_, CURLOPT_RANGE, range.empty() ? nullptr : range.c_str());
+  bool ranged = offset_ > 0;
+  if (ranged) headers_.emplace_back("Range", StrCat("bytes=", offset_, "-"));
+  HttpExchange exchange{
+      .url = &url_parsed_,
+      .headers = &headers_,
+      .low_speed_bytes_per_second = static_cast<uint64_t>(options_.low_speed_bytes_per_second),
+      .low_speed_time = options_.low_speed_time,
+      .cancelled = options_.cancelled ? &options_.cancelled : nullptr,
+  };
   ++result_.attempts;
-  CURLcode code = curl_easy_perform(curl_);
-  return Classify(code);
+  absl::Status transport = connection_->Exchange(exchange, *this);
+  if (ranged) headers_.pop_back();
+  return Classify(transport);
 }
 
-AttemptOutcome Download::Classify(CURLcode code) {
+AttemptOutcome Download::Classify(const absl::Status& transport) {
   AttemptOutcome out;
-  if (http_code_ == 0) curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &http_code_);
   if (!body_error_.ok()) {
     out.status = body_error_;
     out.retryable = body_error_.code() == absl::StatusCode::kUnavailable;
     return out;
   }
-  if (code == CURLE_ABORTED_BY_CALLBACK) {
-    out.status = absl::CancelledError(
-        StrCat("download of ", url_, " cancelled at ", offset_, " of ", expected_size_, " bytes"));
-    return out;
-  }
-  std::string detail = curl_error_[0] != '\0' ? std::string(curl_error_) : curl_easy_strerror(code);
-  switch (code) {
-    case CURLE_OK:
+  switch (transport.code()) {
+    case absl::StatusCode::kOk:
       break;
-    case CURLE_UNSUPPORTED_PROTOCOL:
-    case CURLE_URL_MALFORMAT:
-      out.status = absl::InvalidArgumentError(StrCat("cannot fetch ", url_, ": ", detail));
+    case absl::StatusCode::kCancelled:
+      out.status = absl::CancelledError(StrCat("download of ", url_, " cancelled at ", offset_,
+                                               " of ", expected_size_, " bytes"));
       return out;
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-    case CURLE_SSL_ISSUER_ERROR:
-      out.status = absl::FailedPreconditionError(StrCat(
-          "TLS verification of ", url_, " failed: ", detail,
-          options_.ca_file.empty() ? "" : StrCat(" (trusted CA file ", options_.ca_file, ")")));
+    case absl::StatusCode::kInvalidArgument:
+      out.status =
+          absl::InvalidArgumentError(StrCat("cannot fetch ", url_, ": ", MessageOf(transport)));
       return out;
-    case CURLE_TOO_MANY_REDIRECTS:
-      out.status = absl::FailedPreconditionError(StrCat("cannot fetch ", url_, ": ", detail));
+    case absl::StatusCode::kFailedPrecondition:
+      out.status =
+          absl::FailedPreconditionError(StrCat("cannot fetch ", url_, ": ", MessageOf(transport)));
       return out;
-    default:
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
       out.status = absl::UnavailableError(StrCat("fetch ", url_, " failed at ", offset_, " of ",
-                                                 expected_size_, " bytes: ", detail));
+                                                 expected_size_, " bytes: ", MessageOf(transport)));
       out.retryable = true;
       return out;
+    default:  // a local error
+      return {transport, false, {}};
   }
   std::string body_note = error_body_.empty() ? "" : StrCat(": ", error_body_);
   if (http_code_ == 200 || http_code_ == 206) {
@@ -478,10 +430,10 @@ bool Download::SleepUnlessCancelled(std::chrono::milliseconds delay) {
 }
 
 absl::StatusOr<FetchResult> Download::Run(const unsigned char* expected_hash) {
+  RETURN_IF_ERROR(SetUpConnection());
   RETURN_IF_ERROR(OpenPart());
   RETURN_IF_ERROR(HashExistingPrefix());
   ReportProgress();
-  RETURN_IF_ERROR(SetUpCurl());
   std::mt19937_64 rng(std::random_device{}());
   int retries = 0;
   bool restarted_after_mismatch = false;

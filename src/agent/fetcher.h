@@ -29,10 +29,13 @@ struct FetchOptions {
   // Trust: PEM file of the CAs to trust *instead of* the system store (the
   // hub's pinned CA). Empty: system store.
   std::string ca_file;
-  // Optional public-key pin, curl syntax "sha256//BASE64[;sha256//...]".
+  // Optional public-key pins, "sha256//BASE64[;sha256//...]": base64
+  // SHA-256 of the server certificate's SubjectPublicKeyInfo (DER), as
+  // `openssl x509 -pubkey | openssl pkey -pubin -outform der | openssl dgst
+  // -sha256 -binary | base64` prints it.
   std::string pinned_public_key;
-  // Sent as "Authorization: Bearer <token>" (not forwarded on a redirect to
-  // another host). Empty: none.
+  // Sent as "Authorization: Bearer <token>". Empty: none. Redirects are
+  // not followed (a 3xx is FailedPrecondition).
   std::string bearer_token;
 
   // Attempts after the first for retryable failures (connection errors,

@@ -1,6 +1,5 @@
 #include "agent/updater.h"
 
-#include <curl/curl.h>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -17,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "common/atomic_file.h"
 #include "common/fault_injection.h"
+#include "common/http_client.h"
 #include "common/sha256.h"
 
 namespace outpost::agent {
@@ -61,42 +61,24 @@ struct HttpReply {
   std::string body;
 };
 
-size_t AppendBody(char* data, size_t size, size_t n, void* user) {
-  auto* body = static_cast<std::string*>(user);
-  if (body->size() + size * n > kMaxReplyBytes) return 0;  // aborts the transfer
-  body->append(data, size * n);
-  return size * n;
-}
-
+// One call on a fresh connection (the runtime may have been restarted
+// between calls). Replies over kMaxReplyBytes are refused.
 absl::StatusOr<HttpReply> HttpCall(const std::string& url, const std::string* post_body,
                                    std::chrono::milliseconds timeout) {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return absl::InternalError("curl_easy_init failed");
-  HttpReply reply;
-  curl_slist* headers = nullptr;
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(timeout.count()));
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, AppendBody);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply.body);
+  ASSIGN_OR_RETURN(std::unique_ptr<HttpClient> client,
+                   HttpClient::Create({.connect_timeout = timeout, .timeout = timeout}));
+  HttpRequest request{.url = url};
   if (post_body != nullptr) {
-    headers = curl_slist_append(headers, "Content-Type: application/json");
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, post_body->data());
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(post_body->size()));
+    request.method = "POST";
+    request.body = *post_body;
+    request.content_type = "application/json";
   }
-  CURLcode rc = curl_easy_perform(curl);
-  if (rc == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &reply.code);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-  if (rc != CURLE_OK) {
-    return absl::UnavailableError(StrCat(url, ": ", curl_easy_strerror(rc)));
+  ASSIGN_OR_RETURN(HttpResponse response, client->Send(request));
+  if (response.body.size() > kMaxReplyBytes) {
+    return absl::UnavailableError(
+        StrCat(url, ": reply of ", response.body.size(), " bytes is over ", kMaxReplyBytes));
   }
-  return reply;
+  return HttpReply{response.status, std::move(response.body)};
 }
 
 // Numbers (and booleans as 0/1) of a flat or nested JSON array, row-major.

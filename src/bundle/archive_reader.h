@@ -1,6 +1,8 @@
 // Internal to src/bundle: streaming reader of a bundle's .tar.zst container.
-// zstd is decoded here (bounded window, counted bytes, decompression budget);
-// libarchive parses only the tar layer and never touches the disk.
+// zstd is decoded here (bounded window, counted bytes, decompression budget)
+// and the tar layer is parsed here too: POSIX ustar with pax extended headers
+// (path, linkpath, size) and GNU long names, as written by ArchiveWriter,
+// libarchive, GNU tar and Python's tarfile. Nothing touches the disk.
 //
 // Not thread-safe; one reader per bundle read.
 #pragma once
@@ -16,7 +18,6 @@
 #include "bundle/limits.h"
 #include "common/status.h"
 
-struct archive;
 struct ZSTD_DCtx_s;
 
 namespace outpost::bundle {
@@ -49,12 +50,15 @@ class ArchiveReader {
   ArchiveReader(const ArchiveReader&) = delete;
   ArchiveReader& operator=(const ArchiveReader&) = delete;
 
-  // Moves to the next entry; false at the end of the archive. Only regular
+  // Moves to the next entry (skipping what is left of the current one);
+  // false at the end-of-archive marker. Only regular
   // files pass: links (kLink), devices, fifos, sockets, directories and
   // sparse files (kSpecialFile) are refused, then paths other than
   // manifest.json / signature.json that fail ValidateBundlePath. Corrupt
-  // zstd or tar data: kMalformedArchive; over budget: kDecompressionBomb;
-  // source errors keep their I/O status.
+  // zstd or tar data (bad checksum, bad numbers, a pax header over 1 MiB,
+  // a stream that ends without the end-of-archive marker):
+  // kMalformedArchive; over budget: kDecompressionBomb; source errors keep
+  // their I/O status.
   absl::StatusOr<bool> Next(ArchiveEntry* entry);
   // The next Next() returns the current entry again (its data unread).
   void Unread();
@@ -72,13 +76,20 @@ class ArchiveReader {
 
  private:
   ArchiveReader(std::unique_ptr<ByteSource> source, const Limits& limits);
-  static ssize_t ReadCallback(struct archive* a, void* self, const void** buffer);
-  ssize_t Decompress(const void** buffer);
-  absl::Status ArchiveError(std::string_view what);
+  // Refills out_buffer_; false at the end of the zstd stream.
+  absl::StatusOr<bool> Decompress();
+  // Up to `max` bytes of tar stream (borrowed until the next call); empty
+  // at its end.
+  absl::StatusOr<std::string_view> Pull(size_t max);
+  // Exactly `n` bytes of tar stream into `out`; *at_end (if given) is set
+  // when the stream ended before the first byte.
+  absl::Status ReadExact(char* out, size_t n, bool* at_end = nullptr);
+  absl::Status Skip(uint64_t n);
+  // Reads a pax/GNU metadata entry's data (at most kMaxMetadataBytes).
+  absl::StatusOr<std::string> ReadMetadata(uint64_t size, std::string_view what);
 
   std::unique_ptr<ByteSource> source_;
   Limits limits_;
-  struct archive* archive_ = nullptr;
   ZSTD_DCtx_s* zstd_ = nullptr;
   std::unique_ptr<char[]> in_buffer_;
   std::unique_ptr<char[]> out_buffer_;
@@ -86,13 +97,16 @@ class ArchiveReader {
   size_t in_pos_ = 0;
   bool source_done_ = false;
   size_t frame_remaining_ = 0;  // last ZSTD_decompressStream hint; != 0 mid-frame
+  size_t out_pos_ = 0;          // unread tar bytes are out_buffer_[out_pos_, out_size_)
+  size_t out_size_ = 0;
   uint64_t compressed_ = 0;
   uint64_t decompressed_ = 0;
   uint64_t budget_ = 0;
-  absl::Status callback_status_;  // why the read callback failed
   ArchiveEntry current_;
   bool pending_ = false;
-  uint64_t data_offset_ = 0;
+  bool ended_ = false;           // the end-of-archive marker was read
+  uint64_t data_remaining_ = 0;  // unread bytes of the current entry
+  uint64_t padding_ = 0;         // zero bytes after them, to the next 512 boundary
 };
 
 }  // namespace outpost::bundle

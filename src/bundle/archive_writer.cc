@@ -1,7 +1,5 @@
 #include "bundle/archive_writer.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -9,12 +7,51 @@
 #include <unistd.h>
 #include <zstd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
 #include "common/atomic_file.h"
 
 namespace outpost::bundle {
 namespace {
 
 constexpr size_t kOutBufferSize = size_t{1} << 20;
+constexpr size_t kBlock = 512;
+constexpr uint64_t kMaxOctalSize = (uint64_t{1} << 33) - 1;  // 11 octal digits
+
+// Writes `value` as zero-padded octal in `width - 1` digits plus a NUL.
+void PutOctal(char* field, size_t width, uint64_t value) {
+  std::snprintf(field, width, "%0*llo", static_cast<int>(width - 1),
+                static_cast<unsigned long long>(value));
+}
+
+// "LEN key=value\n", LEN counting the whole record, its own digits included.
+void AppendPaxRecord(std::string* out, std::string_view key, std::string_view value) {
+  size_t length = key.size() + value.size() + 3;  // ' ', '=', '\n'
+  size_t digits = std::to_string(length).size();
+  if (std::to_string(length + digits).size() > digits) ++digits;
+  StrAppend(out, length + digits, " ", key, "=", value, "\n");
+}
+
+// Splits `path` into ustar's prefix (<= 155) and name (<= 100) fields at a
+// '/'; false when it cannot.
+bool SplitForUstar(std::string_view path, std::string_view* prefix, std::string_view* name) {
+  if (path.size() <= 100) {
+    *prefix = {};
+    *name = path;
+    return true;
+  }
+  for (size_t slash = path.find('/'); slash != std::string_view::npos;
+       slash = path.find('/', slash + 1)) {
+    if (slash <= 155 && path.size() - slash - 1 <= 100 && slash + 1 < path.size()) {
+      *prefix = path.substr(0, slash);
+      *name = path.substr(slash + 1);
+      return true;
+    }
+  }
+  return false;
+}
 
 absl::Status ErrnoError(std::string_view what, const std::string& path) {
   return absl::ErrnoToStatus(errno, StrCat(what, " ", path));
@@ -55,41 +92,13 @@ absl::StatusOr<std::unique_ptr<ArchiveWriter>> ArchiveWriter::Create(
   if (writer->fd_ < 0) return ErrnoError("cannot create a temporary file beside", path.string());
   writer->temp_path_ = std::move(pattern);
 
-  writer->archive_ = archive_write_new();
-  if (writer->archive_ == nullptr)
-    return absl::ResourceExhaustedError("cannot allocate libarchive");
-  // pax: long paths and files over 8 GiB; "restricted" writes the extended
-  // header only when an entry needs it, so plain ustar readers cope.
-  archive_write_set_format_pax_restricted(writer->archive_);
-  archive_write_add_filter_none(writer->archive_);
-  // No blocking: zstd buffers, and the archive ends right after its
-  // end-of-archive blocks instead of padding to 10 KiB.
-  archive_write_set_bytes_per_block(writer->archive_, 0);
-  if (archive_write_open(writer->archive_, writer.get(), nullptr, &ArchiveWriter::WriteCallback,
-                         nullptr) != ARCHIVE_OK) {
-    return writer->ArchiveError("cannot start the archive");
-  }
   return writer;
 }
 
 ArchiveWriter::~ArchiveWriter() {
-  if (archive_ != nullptr) archive_write_free(archive_);
   if (zstd_ != nullptr) ZSTD_freeCCtx(zstd_);
   if (fd_ >= 0) ::close(fd_);
   if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
-}
-
-ssize_t ArchiveWriter::WriteCallback(struct archive*, void* self, const void* buffer,
-                                     size_t length) {
-  auto* writer = static_cast<ArchiveWriter*>(self);
-  if (!writer->callback_status_.ok()) return -1;
-  absl::Status status =
-      writer->Compress(std::string_view(static_cast<const char*>(buffer), length), false);
-  if (!status.ok()) {
-    writer->callback_status_ = std::move(status);
-    return -1;
-  }
-  return static_cast<ssize_t>(length);
 }
 
 absl::Status ArchiveWriter::Compress(std::string_view data, bool end) {
@@ -119,28 +128,54 @@ absl::Status ArchiveWriter::WriteOut(std::string_view data) {
   return absl::OkStatus();
 }
 
-absl::Status ArchiveWriter::ArchiveError(std::string_view what) {
-  if (!callback_status_.ok()) return callback_status_;
-  const char* message = archive_error_string(archive_);
-  return absl::InternalError(
-      StrCat(what, ": ", message != nullptr ? message : "unknown libarchive error"));
+absl::Status ArchiveWriter::WriteHeader(std::string_view name, char type, uint64_t size, int mode) {
+  std::string_view prefix, short_name;
+  if (!SplitForUstar(name, &prefix, &short_name)) {
+    return absl::InternalError(StrCat("tar header name '", name, "' does not fit"));
+  }
+  char header[kBlock] = {};
+  std::memcpy(header, short_name.data(), short_name.size());
+  PutOctal(header + 100, 8, static_cast<uint64_t>(mode));
+  PutOctal(header + 108, 8, 0);  // uid
+  PutOctal(header + 116, 8, 0);  // gid
+  PutOctal(header + 124, 12, size <= kMaxOctalSize ? size : 0);
+  PutOctal(header + 136, 12, static_cast<uint64_t>(std::max<int64_t>(mtime_, 0)) & kMaxOctalSize);
+  std::memset(header + 148, ' ', 8);
+  header[156] = type;
+  std::memcpy(header + 257, "ustar", 6);
+  std::memcpy(header + 263, "00", 2);
+  if (!prefix.empty()) std::memcpy(header + 345, prefix.data(), prefix.size());
+  unsigned checksum = 0;
+  for (char c : header) checksum += static_cast<unsigned char>(c);
+  std::snprintf(header + 148, 8, "%06o", checksum);
+  header[155] = ' ';
+  return Compress(std::string_view(header, kBlock), false);
 }
 
 absl::Status ArchiveWriter::BeginFile(std::string_view path, uint64_t size, bool executable) {
   if (in_entry_) return absl::FailedPreconditionError("BeginFile inside another file");
-  struct archive_entry* entry = archive_entry_new();
-  if (entry == nullptr) return absl::ResourceExhaustedError("cannot allocate a tar entry");
+  if (path.empty() || path.find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError(StrCat("bad archive member name '", path, "'"));
+  }
   std::string name(path);
-  archive_entry_set_pathname(entry, name.c_str());
-  archive_entry_set_filetype(entry, AE_IFREG);
-  archive_entry_set_perm(entry, executable ? 0755 : 0644);
-  archive_entry_set_size(entry, static_cast<la_int64_t>(size));
-  archive_entry_set_mtime(entry, mtime_, 0);
-  archive_entry_set_uid(entry, 0);
-  archive_entry_set_gid(entry, 0);
-  int result = archive_write_header(archive_, entry);
-  archive_entry_free(entry);
-  if (result != ARCHIVE_OK) return ArchiveError(StrCat("cannot write the tar header of ", name));
+  std::string_view prefix, short_name;
+  bool ascii = std::all_of(name.begin(), name.end(),
+                           [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+  std::string pax;
+  if (!ascii || !SplitForUstar(name, &prefix, &short_name)) AppendPaxRecord(&pax, "path", name);
+  if (size > kMaxOctalSize) AppendPaxRecord(&pax, "size", std::to_string(size));
+  std::string header_name = name;
+  if (!pax.empty()) {
+    // The ustar fields of a member with a pax header hold a placeholder.
+    std::string base = std::filesystem::path(name).filename().string();
+    if (base.size() > 80 || !ascii) base = "member";
+    header_name = StrCat("PaxHeader/", base);
+    RETURN_IF_ERROR(WriteHeader(header_name, 'x', pax.size(), 0644));
+    pax.resize(pax.size() + (kBlock - pax.size() % kBlock) % kBlock, '\0');
+    RETURN_IF_ERROR(Compress(pax, false));
+    header_name = base;
+  }
+  RETURN_IF_ERROR(WriteHeader(header_name, '0', size, executable ? 0755 : 0644));
   entry_path_ = std::move(name);
   entry_size_ = size;
   entry_written_ = 0;
@@ -154,12 +189,8 @@ absl::Status ArchiveWriter::Write(std::string_view data) {
     return absl::FailedPreconditionError(
         StrCat(entry_path_, " grew while being archived (more than ", entry_size_, " bytes)"));
   }
-  while (!data.empty()) {
-    la_ssize_t n = archive_write_data(archive_, data.data(), data.size());
-    if (n <= 0) return ArchiveError(StrCat("cannot write the data of ", entry_path_));
-    data.remove_prefix(static_cast<size_t>(n));
-    entry_written_ += static_cast<uint64_t>(n);
-  }
+  RETURN_IF_ERROR(Compress(data, false));
+  entry_written_ += data.size();
   return absl::OkStatus();
 }
 
@@ -171,10 +202,8 @@ absl::Status ArchiveWriter::EndFile() {
                                                 " bytes, expected ", entry_size_,
                                                 " (did it change while being archived?)"));
   }
-  if (archive_write_finish_entry(archive_) != ARCHIVE_OK) {
-    return ArchiveError(StrCat("cannot finish ", entry_path_));
-  }
-  return absl::OkStatus();
+  static constexpr char kZeros[kBlock] = {};
+  return Compress(std::string_view(kZeros, (kBlock - entry_size_ % kBlock) % kBlock), false);
 }
 
 absl::Status ArchiveWriter::AddFile(std::string_view path, std::string_view data, bool executable) {
@@ -185,8 +214,9 @@ absl::Status ArchiveWriter::AddFile(std::string_view path, std::string_view data
 
 absl::Status ArchiveWriter::Commit() {
   if (in_entry_) return absl::FailedPreconditionError("Commit inside a file");
-  if (archive_write_close(archive_) != ARCHIVE_OK) return ArchiveError("cannot end the archive");
-  RETURN_IF_ERROR(Compress({}, true));
+  // The end-of-archive marker: two zero blocks (no padding to 10 KiB).
+  static constexpr char kEnd[2 * kBlock] = {};
+  RETURN_IF_ERROR(Compress(std::string_view(kEnd, sizeof(kEnd)), true));
   if (::fchmod(fd_, 0644) != 0) return ErrnoError("cannot chmod", temp_path_);
   // The bundle must be on disk before its name appears (power cut safety).
   if (::fsync(fd_) != 0) return ErrnoError("cannot fsync", temp_path_);

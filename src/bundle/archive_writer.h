@@ -1,7 +1,11 @@
-// Internal to src/bundle: writes a bundle's .tar.zst container (pax tar via
-// libarchive, zstd by us: level, checksums and worker threads under our
-// control). Output goes to a temporary file beside the destination and
-// appears under its name only on Commit (fsync, rename, fsync directory).
+// Internal to src/bundle: writes a bundle's .tar.zst container: a POSIX
+// ustar archive, with a pax extended header only for an entry that needs one
+// (a path that does not fit ustar's name/prefix fields or is not ASCII, a
+// file of 8 GiB or more), compressed by zstd (level, checksums and worker
+// threads under our control). The same layout libarchive's
+// "pax_restricted" format wrote for earlier Outpost versions. Output goes to a temporary file
+// beside the destination and appears under its name only on Commit (fsync, rename, fsync
+// directory).
 //
 // Not thread-safe.
 #pragma once
@@ -14,7 +18,6 @@
 
 #include "common/status.h"
 
-struct archive;
 struct ZSTD_CCtx_s;
 
 namespace outpost::bundle {
@@ -46,15 +49,14 @@ class ArchiveWriter {
 
  private:
   ArchiveWriter() = default;
-  static ssize_t WriteCallback(struct archive* a, void* self, const void* buffer, size_t length);
   absl::Status Compress(std::string_view data, bool end);
   absl::Status WriteOut(std::string_view data);
-  absl::Status ArchiveError(std::string_view what);
+  // One 512-byte ustar header.
+  absl::Status WriteHeader(std::string_view name, char type, uint64_t size, int mode);
 
   std::filesystem::path path_;
   std::string temp_path_;
   int fd_ = -1;
-  struct archive* archive_ = nullptr;
   ZSTD_CCtx_s* zstd_ = nullptr;
   std::unique_ptr<char[]> out_buffer_;
   int64_t mtime_ = 0;
@@ -64,7 +66,6 @@ class ArchiveWriter {
   bool in_entry_ = false;
   bool committed_ = false;
   uint64_t bytes_written_ = 0;
-  absl::Status callback_status_;
 };
 
 }  // namespace outpost::bundle

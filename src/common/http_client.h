@@ -1,11 +1,13 @@
-// A small blocking HTTP/1.1 client on libcurl for Outpost's control-plane
+// A small blocking HTTP/1.1 client for Outpost's control-plane
 // calls: the agent's device API (enrol, desired state, status, telemetry)
 // and the CLI's admin API. Artifact downloads use agent::Fetch instead
 // (resumable, streamed to disk).
 //
 // One HttpClient keeps one connection alive between calls (keep-alive, TLS
 // session reuse), so a device polling every few seconds does not pay a TLS
-// handshake each time.
+// handshake each time; the transport is common/http_connection.h (Beast,
+// Asio, OpenSSL), also under agent::Fetch. Response bodies are returned as
+// received (no Content-Encoding decoding); redirects are not followed.
 //
 // Thread safety: an HttpClient is used by one thread at a time; make one per
 // thread that calls it.
@@ -21,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/http_connection.h"
 #include "common/status.h"
 
 namespace outpost {
@@ -68,15 +71,15 @@ struct HttpResponse {
 
 class HttpClient {
  public:
-  // Errors: Internal when libcurl cannot be initialised.
+  // Does not connect yet; never fails today (StatusOr for the future).
   static absl::StatusOr<std::unique_ptr<HttpClient>> Create(HttpClientOptions options);
   ~HttpClient();
 
   // Performs one request. Any HTTP status is a response (callers decide
-  // what a 4xx means). Errors: InvalidArgument (malformed URL or a scheme
-  // other than http/https), FailedPrecondition (TLS verification failed:
-  // wrong CA or name), DeadlineExceeded (timed out), Unavailable (could
-  // not connect, connection reset: worth retrying), or the errno status of
+  // what a 4xx means). Errors: InvalidArgument (malformed URL, a scheme
+  // other than http/https, a header with CR/LF), FailedPrecondition (TLS
+  // verification failed: wrong CA or name; unreadable CA file), DeadlineExceeded (timed out),
+  // Unavailable (could not connect, connection reset: worth retrying), or the errno status of
   // opening `body_file` (NotFound, PermissionDenied, ...). Messages name
   // the URL or the file.
   absl::StatusOr<HttpResponse> Send(const HttpRequest& request);
@@ -85,11 +88,10 @@ class HttpClient {
   const HttpClientOptions& options() const { return options_; }
 
  private:
-  struct Curl;
-  HttpClient(HttpClientOptions options, std::unique_ptr<Curl> curl);
+  HttpClient(HttpClientOptions options, std::unique_ptr<HttpConnection> connection);
 
   HttpClientOptions options_;
-  std::unique_ptr<Curl> curl_;
+  std::unique_ptr<HttpConnection> connection_;
 };
 
 // Maps an HTTP error status to the absl code an API client should return:

@@ -1,0 +1,402 @@
+#include "common/http_connection.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/http_server.h"
+
+namespace outpost {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// Collects a response.
+struct Collected : HttpResponseHandler {
+  int status = 0;
+  HttpHeaderList headers;
+  std::string body;
+  absl::Status OnHead(int s, const HttpHeaderList& h) override {
+    status = s;
+    headers = h;
+    return absl::OkStatus();
+  }
+  absl::Status OnBody(std::string_view data) override {
+    body.append(data);
+    return absl::OkStatus();
+  }
+};
+
+// A raw HTTP/1.1 server on 127.0.0.1 that answers requests on kept-alive
+// connections from a script: `answer(connection index, request index on
+// that connection, request)` returns the raw bytes to send; "" closes the
+// connection without an answer, "STALL" holds it open silently.
+class ScriptedServer {
+ public:
+  using Answer = std::function<std::string(int, int, const std::string&)>;
+  explicit ScriptedServer(Answer answer) : answer_(std::move(answer)) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(listen(listen_fd_, 16), 0);
+    socklen_t len = sizeof(addr);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    EXPECT_EQ(pipe2(stop_, O_CLOEXEC), 0);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ScriptedServer() {
+    char c = 'x';
+    EXPECT_EQ(write(stop_[1], &c, 1), 1);
+    thread_.join();
+    close(listen_fd_);
+    close(stop_[0]);
+    close(stop_[1]);
+  }
+  std::string Url(std::string_view path = "/x") const {
+    return StrCat("http://127.0.0.1:", port_, path);
+  }
+  int connections() const { return connections_.load(); }
+  std::vector<std::string> requests() {
+    std::lock_guard lock(mu_);
+    return requests_;
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {stop_[0], POLLIN, 0}};
+      if (poll(fds, 2, -1) < 0) continue;
+      if (fds[1].revents) return;
+      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      Serve(fd, connections_++);
+      close(fd);
+    }
+  }
+  void Serve(int fd, int connection) {
+    std::string pending;
+    for (int index = 0;; ++index) {
+      size_t end;
+      while ((end = pending.find("\r\n\r\n")) == std::string::npos) {
+        pollfd p[2] = {{fd, POLLIN, 0}, {stop_[0], POLLIN, 0}};
+        if (poll(p, 2, 5000) <= 0 || p[1].revents) return;
+        char buf[4096];
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) return;
+        pending.append(buf, static_cast<size_t>(n));
+      }
+      std::string request = pending.substr(0, end + 4);
+      pending.erase(0, end + 4);
+      {
+        std::lock_guard lock(mu_);
+        requests_.push_back(request);
+      }
+      std::string answer = answer_(connection, index, request);
+      if (answer.empty()) return;
+      if (answer == "STALL") {  // until the client gives up (or 10 s)
+        pollfd p[2] = {{fd, POLLIN, 0}, {stop_[0], POLLIN, 0}};
+        poll(p, 2, 10000);
+        return;
+      }
+      if (send(fd, answer.data(), answer.size(), MSG_NOSIGNAL) !=
+          static_cast<ssize_t>(answer.size())) {
+        return;
+      }
+    }
+  }
+
+  Answer answer_;
+  int listen_fd_ = -1;
+  int stop_[2] = {-1, -1};
+  uint16_t port_ = 0;
+  std::atomic<int> connections_{0};
+  std::mutex mu_;
+  std::vector<std::string> requests_;
+  std::thread thread_;
+};
+
+std::string Ok(std::string_view body) {
+  return StrCat("HTTP/1.1 200 OK\r\nContent-Length: ", body.size(), "\r\n\r\n", body);
+}
+
+TEST(ParseHttpUrlTest, AcceptsHttpUrlsAndRefusesTheRest) {
+  auto url = ParseHttpUrl("https://hub.example:8443/v1/state?x=1");
+  ASSERT_TRUE(url.ok()) << url.status();
+  EXPECT_TRUE(url->tls);
+  EXPECT_EQ(url->host, "hub.example");
+  EXPECT_EQ(url->port, 8443);
+  EXPECT_EQ(url->target, "/v1/state?x=1");
+  EXPECT_EQ(url->Authority(), "hub.example:8443");
+
+  auto plain = ParseHttpUrl("http://127.0.0.1");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->port, 80);
+  EXPECT_EQ(plain->target, "/");
+  EXPECT_EQ(plain->Authority(), "127.0.0.1");
+
+  auto v6 = ParseHttpUrl("http://[::1]:99/a#frag");
+  ASSERT_TRUE(v6.ok()) << v6.status();
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->target, "/a");
+  EXPECT_EQ(v6->Authority(), "[::1]:99");
+
+  for (const char* bad : {"ftp://h/x", "http://", "http://h:0/", "http://h:70000/", "http://h:x/",
+                          "http://u@h/", "http://h/a b", "http://[::1/", "hub:80"}) {
+    auto parsed = ParseHttpUrl(bad);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(HttpConnectionTest, ReusesOneConnectionAndDecodesChunkedBodies) {
+  ScriptedServer server([](int, int index, const std::string&) {
+    if (index == 1) {
+      return std::string(
+          "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Thing:  padded  \r\n\r\n"
+          "5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n");
+    }
+    return Ok(StrCat("answer ", index));
+  });
+  auto connection = HttpConnection::Create({});
+  auto url = ParseHttpUrl(server.Url("/path?q=1"));
+  ASSERT_TRUE(url.ok());
+  std::vector<std::pair<std::string, std::string>> headers = {{"X-Custom", "yes"}};
+  for (int i = 0; i < 3; ++i) {
+    Collected got;
+    ASSERT_TRUE(connection->Exchange({.url = &*url, .headers = &headers}, got).ok());
+    EXPECT_EQ(got.status, 200);
+    if (i == 1) {
+      EXPECT_EQ(got.body, "hello, world");
+      ASSERT_GE(got.headers.size(), 2u);
+      EXPECT_EQ(got.headers[1], (std::pair<std::string, std::string>("x-thing", "padded")));
+    } else {
+      EXPECT_EQ(got.body, StrCat("answer ", i));
+    }
+  }
+  EXPECT_EQ(server.connections(), 1);
+  // The kept connection probes only after 15 idle minutes (ss shows the
+  // keep-alive timer of the client's socket, whose peer port is the server's).
+  std::string ss_cmd = StrCat("ss -tnoH state established dst 127.0.0.1:", url->port, " 2>&1");
+  std::string ss_out;
+  if (FILE* pipe = popen(ss_cmd.c_str(), "r")) {
+    char line[512];
+    while (fgets(line, sizeof(line), pipe) != nullptr) ss_out += line;
+    pclose(pipe);
+  }
+  EXPECT_NE(ss_out.find("timer:(keepalive,1"), std::string::npos) << ss_out;
+  EXPECT_TRUE(ss_out.find("14min") != std::string::npos ||
+              ss_out.find("15min") != std::string::npos)
+      << ss_out;
+  auto requests = server.requests();
+  ASSERT_EQ(requests.size(), 3u);
+  EXPECT_EQ(requests[0].substr(0, requests[0].find("\r\n")), "GET /path?q=1 HTTP/1.1");
+  EXPECT_NE(requests[0].find(StrCat("\r\nHost: 127.0.0.1:", url->port, "\r\n")), std::string::npos);
+  EXPECT_NE(requests[0].find("\r\nX-Custom: yes\r\n"), std::string::npos);
+}
+
+TEST(HttpConnectionTest, AKeptConnectionTheServerClosedIsReplaced) {
+  // Connection 0 answers once, then closes at the next request without an
+  // answer (the race a keep-alive timeout makes); connection 1 answers.
+  ScriptedServer server([](int connection, int index, const std::string&) {
+    if (connection == 0 && index == 1) return std::string();
+    return Ok(StrCat("c", connection, "r", index));
+  });
+  auto connection = HttpConnection::Create({});
+  auto url = ParseHttpUrl(server.Url());
+  ASSERT_TRUE(url.ok());
+  Collected first, second;
+  ASSERT_TRUE(connection->Exchange({.url = &*url}, first).ok());
+  EXPECT_EQ(first.body, "c0r0");
+  absl::Status status = connection->Exchange({.method = "POST", .url = &*url, .body = "b"}, second);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(second.body, "c1r0");
+  EXPECT_EQ(server.connections(), 2);
+
+  // "Connection: close" is honoured: the next exchange connects again.
+  ScriptedServer closing([](int connection, int, const std::string&) {
+    return StrCat("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", connection);
+  });
+  auto closing_url = ParseHttpUrl(closing.Url());
+  for (int i = 0; i < 2; ++i) {
+    Collected got;
+    ASSERT_TRUE(connection->Exchange({.url = &*closing_url}, got).ok());
+    EXPECT_EQ(got.body, StrCat(i));
+  }
+  EXPECT_EQ(closing.connections(), 2);
+}
+
+TEST(HttpConnectionTest, DeadlineStallCancelAndBadHeadersAreDistinct) {
+  ScriptedServer server([](int, int, const std::string& request) {
+    if (request.starts_with("GET /trickle")) {  // three bytes, then silence
+      return std::string("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nxyz");
+    }
+    return std::string("STALL");
+  });
+  auto connection = HttpConnection::Create({});
+  auto url = ParseHttpUrl(server.Url("/silent"));
+  auto start = std::chrono::steady_clock::now();
+  Collected a;
+  absl::Status timed_out =
+      connection->Exchange({.url = &*url, .deadline = std::chrono::steady_clock::now() + 300ms}, a);
+  EXPECT_EQ(timed_out.code(), absl::StatusCode::kDeadlineExceeded) << timed_out;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+
+  auto trickle = ParseHttpUrl(server.Url("/trickle"));
+  Collected b;
+  absl::Status stalled = connection->Exchange(
+      {.url = &*trickle, .low_speed_bytes_per_second = 1000, .low_speed_time = 1s}, b);
+  EXPECT_EQ(stalled.code(), absl::StatusCode::kDeadlineExceeded) << stalled;
+  EXPECT_NE(MessageOf(stalled).find("stalled"), std::string_view::npos) << stalled;
+  EXPECT_EQ(b.body, "xyz");
+
+  std::atomic<bool> stop{false};
+  std::function<bool()> cancelled = [&] { return stop.load(); };
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(200ms);
+    stop = true;
+  });
+  Collected c;
+  start = std::chrono::steady_clock::now();
+  absl::Status cancel = connection->Exchange({.url = &*url, .cancelled = &cancelled}, c);
+  canceller.join();
+  EXPECT_EQ(cancel.code(), absl::StatusCode::kCancelled) << cancel;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+
+  std::vector<std::pair<std::string, std::string>> injected = {{"X-A", "b\r\nX-Evil: 1"}};
+  Collected d;
+  EXPECT_EQ(connection->Exchange({.url = &*url, .headers = &injected}, d).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // Nothing listens on a port just closed.
+  uint16_t port = 0;
+  {
+    ScriptedServer gone([](int, int, const std::string&) { return std::string(); });
+    port = ParseHttpUrl(gone.Url())->port;
+  }
+  auto refused_url = ParseHttpUrl(StrCat("http://127.0.0.1:", port, "/"));
+  Collected e;
+  EXPECT_EQ(connection->Exchange({.url = &*refused_url}, e).code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(HttpConnectionTest, StreamsAFileBodyWithProgress) {
+  std::string received_body;
+  auto real = http::Server::Create({}, [&](http::Request&& request, http::Responder responder) {
+    received_body = request.body();
+    responder.Send(http::JsonResponse(request, http::Status::ok, "{}"));
+  });
+  ASSERT_TRUE(real.ok());
+  (*real)->Start();
+  char path[] = "/tmp/http_connection_test_XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  std::string content(300 * 1024 + 7, 'q');
+  ASSERT_EQ(write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+  auto url = ParseHttpUrl(StrCat("http://127.0.0.1:", (*real)->port(), "/upload"));
+  std::vector<uint64_t> sent;
+  std::function<void(uint64_t, uint64_t)> progress = [&](uint64_t done, uint64_t total) {
+    EXPECT_EQ(total, content.size());
+    sent.push_back(done);
+  };
+  auto connection = HttpConnection::Create({});
+  Collected got;
+  absl::Status status = connection->Exchange({.method = "PUT",
+                                              .url = &*url,
+                                              .body_fd = fd,
+                                              .body_fd_size = content.size(),
+                                              .upload_progress = &progress},
+                                             got);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(got.status, 200);
+  EXPECT_TRUE(received_body == content);
+  ASSERT_FALSE(sent.empty());
+  EXPECT_EQ(sent.back(), content.size());
+  close(fd);
+  unlink(path);
+  (*real)->Stop();
+}
+
+// TLS: the host name is verified, and public-key pins are enforced.
+TEST(HttpConnectionTest, TlsVerifiesTheHostNameAndThePinnedKey) {
+  char dir_template[] = "/tmp/http_connection_tls_XXXXXX";
+  fs::path dir = mkdtemp(dir_template);
+  std::string cmd = StrCat(
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+      "-subj /CN=localhost -addext subjectAltName=DNS:localhost -keyout ",
+      (dir / "key.pem").string(), " -out ", (dir / "cert.pem").string(), " 2>/dev/null");
+  ASSERT_EQ(system(cmd.c_str()), 0);
+  std::string pin_cmd = StrCat("openssl x509 -in ", (dir / "cert.pem").string(),
+                               " -pubkey -noout | openssl pkey -pubin -outform der | "
+                               "openssl dgst -sha256 -binary | base64");
+  std::string pin;
+  {
+    FILE* pipe = popen(pin_cmd.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    char line[256] = {};
+    ASSERT_NE(fgets(line, sizeof(line), pipe), nullptr);
+    pclose(pipe);
+    pin = line;
+    while (!pin.empty() && (pin.back() == '\n' || pin.back() == '\r')) pin.pop_back();
+  }
+  http::ServerOptions options;
+  options.tls_cert_file = (dir / "cert.pem").string();
+  options.tls_key_file = (dir / "key.pem").string();
+  auto server = http::Server::Create(options, [](http::Request&& request, http::Responder r) {
+    r.Send(http::JsonResponse(request, http::Status::ok, "{\"tls\":true}"));
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  (*server)->Start();
+  uint16_t port = (*server)->port();
+  auto by_name = ParseHttpUrl(StrCat("https://localhost:", port, "/"));
+  auto by_ip = ParseHttpUrl(StrCat("https://127.0.0.1:", port, "/"));
+
+  auto trusting = HttpConnection::Create({.ca_file = (dir / "cert.pem").string()});
+  for (int i = 0; i < 2; ++i) {  // the second one on the kept connection
+    Collected ok;
+    absl::Status status = trusting->Exchange({.url = &*by_name}, ok);
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(ok.body, "{\"tls\":true}");
+  }
+  Collected wrong_name;
+  absl::Status mismatch = trusting->Exchange({.url = &*by_ip}, wrong_name);
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kFailedPrecondition) << mismatch;
+
+  auto pinned = HttpConnection::Create(
+      {.ca_file = (dir / "cert.pem").string(), .pinned_public_key = "sha256//" + pin});
+  Collected pinned_ok;
+  absl::Status status = pinned->Exchange({.url = &*by_name}, pinned_ok);
+  EXPECT_TRUE(status.ok()) << status << " pin " << pin;
+
+  auto wrong_pin = HttpConnection::Create(
+      {.ca_file = (dir / "cert.pem").string(),
+       .pinned_public_key = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=;sha256//x"});
+  Collected refused;
+  absl::Status pin_refused = wrong_pin->Exchange({.url = &*by_name}, refused);
+  EXPECT_EQ(pin_refused.code(), absl::StatusCode::kFailedPrecondition) << pin_refused;
+
+  auto missing_ca = HttpConnection::Create({.ca_file = (dir / "nope.pem").string()});
+  Collected no_ca;
+  EXPECT_EQ(missing_ca->Exchange({.url = &*by_name}, no_ca).code(),
+            absl::StatusCode::kFailedPrecondition);
+  (*server)->Stop();
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace outpost
