@@ -3,7 +3,6 @@
 // for crash recovery, the real outpost-agent binary killed at fault points.
 #include "agent/updater.h"
 
-#include <curl/curl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -26,6 +25,7 @@
 #include "bundle/signing.h"
 #include "bundle/test_support.h"
 #include "common/atomic_file.h"
+#include "common/http_client.h"
 #include "common/sha256.h"
 
 extern char** environ;
@@ -56,31 +56,18 @@ void WriteText(const fs::path& path, std::string_view text) {
   ASSERT_TRUE(out.good()) << path;
 }
 
-size_t Append(char* data, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
-  return size * n;
-}
-
 // {HTTP code, body}; code 0 when the connection failed.
 std::pair<long, std::string> Http(const std::string& url, const std::string* body) {
-  CURL* curl = curl_easy_init();
-  std::string reply;
-  long code = 0;
-  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 5000L);
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply);
+  auto client = HttpClient::Create({.timeout = std::chrono::milliseconds(5000)});
+  if (!client.ok()) return {0, ""};
+  HttpRequest request{.method = body ? "POST" : "GET", .url = url};
   if (body != nullptr) {
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body->c_str());
+    request.body = *body;
+    request.content_type = "application/json";
   }
-  if (curl_easy_perform(curl) == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-  return {code, reply};
+  absl::StatusOr<HttpResponse> response = (*client)->Send(request);
+  if (!response.ok()) return {0, ""};
+  return {response->status, response->body};
 }
 
 // What the release behind <state>/current answers for add_one([1, 2, 3, 4]),

@@ -17,7 +17,7 @@
 #include "serve/api_http.h"
 #include "serve/metrics.h"
 #include "serve/model_repository.h"
-#include "serve/pipeline/pipeline.h"
+#include "serve/pipeline_set.h"
 
 namespace {
 
@@ -193,21 +193,19 @@ int Run(int argc, char** argv) {
   // Pipelines start once the models they use are loaded. A pipeline file
   // that does not parse, or a sink that cannot open, stops the runtime: a
   // release with a broken pipeline must fail its health gate, not run half.
-  serve::pipeline::PipelineMetricFamilies pipeline_metrics(metrics.registry());
-  std::vector<std::unique_ptr<serve::pipeline::Pipeline>> pipelines;
-  for (const std::string& file : pipeline_files) {
-    auto config = serve::pipeline::LoadPipelineConfig(file);
-    absl::StatusOr<std::unique_ptr<serve::pipeline::Pipeline>> pipeline =
-        config.ok() ? serve::pipeline::Pipeline::Create(std::move(*config), repo, pipeline_metrics)
-                    : absl::StatusOr<std::unique_ptr<serve::pipeline::Pipeline>>(config.status());
-    if (!pipeline.ok()) {
-      spdlog::error("--pipeline {}: {}", file, outpost::MessageOf(pipeline.status()));
+  // The pipeline module (and OpenCV with it) is loaded only when asked for.
+  std::unique_ptr<serve::PipelineSet> pipelines;
+  if (!pipeline_files.empty()) {
+    absl::StatusOr<std::unique_ptr<serve::PipelineSet>> loaded =
+        serve::LoadPipelineSet(pipeline_files, repo, metrics.registry());
+    if (!loaded.ok()) {
+      spdlog::error("{}", outpost::MessageOf(loaded.status()));
       (*server)->Stop();
       return 1;
     }
-    pipelines.push_back(std::move(*pipeline));
+    pipelines = *std::move(loaded);
+    pipelines->Start();
   }
-  for (auto& pipeline : pipelines) pipeline->Start();
   started.store(true);
   spdlog::info("startup loading finished; ready: {}", repo.AllReady() || !strict_readiness);
 
@@ -217,7 +215,7 @@ int Run(int argc, char** argv) {
       version.metrics().Tick();
       version.metrics().SetQueueDepth(version.scheduler().queue_depth());
     });
-    for (auto& pipeline : pipelines) pipeline->Tick();
+    if (pipelines) pipelines->Tick();
   });
 
   int signal_number = 0;
@@ -225,8 +223,8 @@ int Run(int argc, char** argv) {
   spdlog::info("signal {}: finishing queued requests, then exiting", signal_number);
   stopping.store(true);
   ticker.Stop();
-  for (auto& pipeline : pipelines) pipeline->Stop();  // in-flight frames reach the sinks
-  pipelines.clear();
+  if (pipelines) pipelines->Stop();  // in-flight frames reach the sinks
+  pipelines.reset();
   repo.UnloadAll();   // queued requests finish and are answered
   (*server)->Stop();  // then connections close
   repository->reset();
