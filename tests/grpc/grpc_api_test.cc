@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/tls_pki.h"
 #include "grpc_service.grpc.pb.h"
 
 namespace {
@@ -73,6 +74,7 @@ class Serve {
     std::map<std::string, std::vector<int>> models;  // name -> versions to copy
     std::map<std::string, std::string> configs;      // name -> config.yaml
     std::vector<std::string> flags;
+    std::string tls_ca_file;  // set: talk TLS, trusting this CA
   };
 
   explicit Serve(Options options) : options_(std::move(options)) {
@@ -152,8 +154,15 @@ class Serve {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (grpc_port_ <= 0) return false;
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(grpc_port_),
-                                   grpc::InsecureChannelCredentials());
+    if (options_.tls_ca_file.empty()) {
+      channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(grpc_port_),
+                                     grpc::InsecureChannelCredentials());
+    } else {
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = ReadAll(options_.tls_ca_file);
+      channel_ =
+          grpc::CreateChannel("localhost:" + std::to_string(grpc_port_), grpc::SslCredentials(ssl));
+    }
     stub_ = GRPCInferenceService::NewStub(channel_);
     while (wait_ready && std::chrono::steady_clock::now() < deadline) {
       grpc::ClientContext ctx;
@@ -741,6 +750,38 @@ TEST(GrpcApiTest, RefusesPlaintextOnPublicAddressAndBusyPort) {
   EXPECT_EQ(second.exit_code(), 1);
   EXPECT_THAT(second.log(), HasSubstr("cannot listen for gRPC"));
   EXPECT_EQ(first.Stop(), 0);
+}
+
+}  // namespace
+
+namespace {
+
+// With --tls-cert/--tls-key gRPC speaks TLS too (same certificate as HTTPS);
+// a plaintext client is turned away.
+TEST(GrpcApiTest, ServesTlsWithTheHttpsCertificate) {
+  char tmpl[] = "/tmp/outpost-grpc-pki-XXXXXX";
+  fs::path pki_dir = mkdtemp(tmpl);
+  auto pki = outpost::pki::EnsureServerPki(pki_dir, {});
+  ASSERT_TRUE(pki.ok()) << pki.status();
+  Serve serve(
+      {.models = {{"add_one", {1}}},
+       .flags = {"--tls-cert", pki->server_cert.string(), "--tls-key", pki->server_key.string()},
+       .tls_ca_file = pki->ca_cert.string()});
+  ASSERT_TRUE(serve.Start()) << serve.log();
+  EXPECT_THAT(serve.log(), HasSubstr("(TLS)"));
+  ModelInferResponse resp;
+  grpc::Status status = Infer(serve, RawRequest("add_one", "x", {1, 2, 3, 4}, {1, 4}), &resp);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(RawFloats(resp, 0), (std::vector<float>{2, 3, 4, 5}));
+
+  auto plain = GRPCInferenceService::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(serve.grpc_port()), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  inference::ServerLiveResponse live;
+  EXPECT_FALSE(plain->ServerLive(&ctx, {}, &live).ok());
+  EXPECT_EQ(serve.Stop(), 0);
+  fs::remove_all(pki_dir);
 }
 
 }  // namespace
