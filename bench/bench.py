@@ -5,8 +5,9 @@ Run through scripts/bench.sh (`make bench`), which builds the tools and
 generates the models first. Standard library only.
 
 For each model: raw_ort (in-process ONNX Runtime, same session options) at
-every concurrency, then outpost-serve over HTTP with binary tensors and with
-JSON at every concurrency (driven by loadgen), then idle RSS. For
+every concurrency, then outpost-serve over HTTP with binary tensors, shared
+memory and JSON (driven by loadgen) and over gRPC (grpc_loadgen, raw
+contents) at every concurrency, then idle RSS. For
 mobilenet_v2 also start-to-ready (median of 5) and the RSS of bare_load, a
 process that only loads the model. Writes a markdown report.
 
@@ -19,6 +20,10 @@ Environment overrides (all optional):
   BENCH_PAIRS=5                               raw/HTTP pairs for the mobilenet_v2 targets
   BENCH_QUIET_WAIT=5                          before each point, wait up to this many
                                               seconds for other processes to go quiet
+  BENCH_MODES="binary shm json grpc"          outpost-serve paths to measure
+  BENCH_SECTION=grpc                          only raw, HTTP binary and gRPC, no targets:
+                                              write just the `<!-- begin: grpc -->` section
+                                              of the report, leaving the rest as it is
 """
 
 import argparse
@@ -184,7 +189,7 @@ class Server:
         self.binary, self.repo = binary, repo
         self.port_file = os.path.join(workdir, f"{name}.port")
         self.log_path = os.path.join(workdir, f"{name}.log")
-        self.proc, self.port = None, None
+        self.proc, self.port, self.grpc_port = None, None, None
 
     def start(self, timeout=120.0, interval=0.002):
         """Starts the server and polls GET /v2/health/ready every `interval` s.
@@ -193,7 +198,7 @@ class Server:
             os.remove(self.port_file)
         logf = open(self.log_path, "ab")
         cmd = [self.binary, "--model-repository", self.repo, "--http-port", "0",
-               "--port-file", self.port_file]
+               "--grpc-port", "0", "--port-file", self.port_file]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
@@ -205,7 +210,8 @@ class Server:
             if self.port is None:
                 try:
                     with open(self.port_file) as f:
-                        self.port = int(json.load(f)["http"])
+                        ports = json.load(f)
+                        self.port, self.grpc_port = int(ports["http"]), int(ports["grpc"])
                 except (OSError, ValueError, KeyError):
                     pass
             if self.port is not None:
@@ -242,7 +248,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.proc, self.port = None, None
+        self.proc, self.port, self.grpc_port = None, None, None
 
 
 METRIC_RE = re.compile(
@@ -361,8 +367,11 @@ def run_model(args, model, tools, seconds, warmup, concurrencies, results):
 
     workdir = os.path.join(args.work, "logs")
     os.makedirs(workdir, exist_ok=True)
-    variants = [("http", "", ("binary", "shm", "json"))]
-    if model == TARGET_MODEL and os.environ.get("BENCH_EXTRA", "1") != "0":
+    section = os.environ.get("BENCH_SECTION")
+    modes = tuple(os.environ.get("BENCH_MODES", "binary grpc" if section else
+                                 "binary shm json grpc").split())
+    variants = [("http", "", modes)]
+    if model == TARGET_MODEL and os.environ.get("BENCH_EXTRA", "1") != "0" and not section:
         # One single-threaded session per core: no intra-op synchronisation
         # for the io thread or the client to stall. Raw ONNX Runtime with the
         # same session options runs beside it.
@@ -393,25 +402,31 @@ def run_model(args, model, tools, seconds, warmup, concurrencies, results):
                 for c in concurrencies:
                     before = duration_sums(server.metrics(), model)
                     scpu0 = proc_cpu_s(server.proc.pid)
-                    r = run_tool([tools["loadgen"], "--port", str(server.port), "--model", model,
-                                  "--mode", mode, "--concurrency", str(c), "--warmup", str(warmup),
-                                  "--duration", str(seconds)], timeout)
+                    if mode == "grpc":
+                        tool, port = tools["grpc_loadgen"], server.grpc_port
+                    else:
+                        tool, port = tools["loadgen"], server.port
+                    cmd = [tool, "--port", str(port), "--model", model, "--concurrency", str(c),
+                           "--warmup", str(warmup), "--duration", str(seconds)]
+                    if mode != "grpc":
+                        cmd += ["--mode", mode]
+                    r = run_tool(cmd, timeout)
                     r["server_cpu_s"] = proc_cpu_s(server.proc.pid) - scpu0
                     r["server"] = server_breakdown(before, duration_sums(server.metrics(), model))
-                    r["path"] = f"{label} {mode}"
+                    r["path"] = "grpc" if mode == "grpc" and not extra else f"{label} {mode}"
                     rows.append(r)
-                    log(f"  {label} {mode} c={c}: p50 {r['p50_ms']:.3f} ms, "
+                    log(f"  {r['path']} c={c}: p50 {r['p50_ms']:.3f} ms, "
                         f"{r['throughput_rps']:.1f} req/s, errors {r['errors']}")
             if not extra:
                 info["loaded_rss_kb"] = rss_kb(server.proc.pid)
-                if model == TARGET_MODEL:
+                if model == TARGET_MODEL and not section:
                     results["paired"] = paired_targets(tools, model, model_path, server, rows)
                     results["floor"] = transport_floor(tools, args, workdir)
         finally:
             server.stop()
     results["models"][model] = {"rows": rows, "seconds": seconds, "warmup": warmup, **info}
 
-    if model == TARGET_MODEL:
+    if model == TARGET_MODEL and not section:
         repo = os.path.join(args.work, "repos", f"{model}-default")
         times = []
         for i in range(5):
@@ -573,45 +588,16 @@ def write_report(path, results, command):
 
     for model, data in results["models"].items():
         rows = data["rows"]
-        raw = {r["concurrency"]: r for r in rows if r["path"] == "raw"}
         out.append(f"## {model}\n")
         out.append(f"{data['seconds']} s measured per point after {data['warmup']} s warm-up. "
                    f"outpost-serve idle RSS {data['idle_rss_kb'] / 1024:.1f} MiB, first "
                    f"start-to-ready {data['ready_s_first'] * 1000:.0f} ms.\n")
-        out.append("| path | conc | p50 | p95 | p99 | req/s | p50 vs raw | p99 vs raw | "
-                   "req/s vs raw | errors | server CPU | client CPU | other CPU |")
-        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for r in rows:
-            base = raw.get(r["concurrency"])
-            is_raw = r["path"].startswith("raw")
-            p50r = None if is_raw or not base else r["p50_ms"] / base["p50_ms"]
-            p99r = None if is_raw or not base else r["p99_ms"] / base["p99_ms"]
-            tr = None if is_raw or not base or not base["throughput_rps"] else \
-                r["throughput_rps"] / base["throughput_rps"]
-            wall = r["wall_s"]
-            if is_raw:
-                scpu, ccpu = f"{r['cpu_s'] / wall:.2f}", "–"
-                other = (r["busy_s"] - r["cpu_s"]) / wall
-            else:
-                scpu, ccpu = f"{r['server_cpu_s'] / wall:.2f}", f"{r['cpu_s'] / wall:.2f}"
-                other = (r["busy_s"] - r["cpu_s"] - r["server_cpu_s"]) / wall
-            out.append(f"| {r['path']} | {r['concurrency']} | {r['p50_ms']:.3f} | "
-                       f"{r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['throughput_rps']:.1f} | "
-                       f"{fmt_ratio(p50r)} | {fmt_ratio(p99r)} | {fmt_ratio(tr)} | {r['errors']} | "
-                       f"{scpu} | {ccpu} | {max(other, 0):.2f} |")
+        out.extend(model_table(rows))
         srv = [r for r in rows if r.get("server")]
         if srv:
             out.append("\nInside the server (means from its /metrics histograms over the same "
-                       "point, ms): where an HTTP request's time goes.\n")
-            out.append("| path | conc | client mean | server request | queue | compute | "
-                       "raw mean (same conc) |")
-            out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-            for r in srv:
-                s = r["server"]
-                base = raw.get(r["concurrency"])
-                out.append(f"| {r['path']} | {r['concurrency']} | {fmt_ms(r['mean_ms'])} | "
-                           f"{fmt_ms(s.get('request'))} | {fmt_ms(s.get('queue'))} | "
-                           f"{fmt_ms(s.get('compute'))} | {fmt_ms(base['mean_ms'] if base else None)} |")
+                       "point, ms): where an HTTP or gRPC request's time goes.\n")
+            out.extend(server_table(rows))
         out.append("")
 
     out.append("## Caveats\n")
@@ -630,6 +616,86 @@ def write_report(path, results, command):
     out.extend(owned_sections(path))
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+def model_table(rows):
+    """The per-point table of one model: raw, HTTP and gRPC rows."""
+    out = []
+    raw = {r["concurrency"]: r for r in rows if r["path"] == "raw"}
+    out.append("| path | conc | p50 | p95 | p99 | req/s | p50 vs raw | p99 vs raw | "
+               "req/s vs raw | errors | server CPU | client CPU | other CPU |")
+    out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        base = raw.get(r["concurrency"])
+        is_raw = r["path"].startswith("raw")
+        p50r = None if is_raw or not base else r["p50_ms"] / base["p50_ms"]
+        p99r = None if is_raw or not base else r["p99_ms"] / base["p99_ms"]
+        tr = None if is_raw or not base or not base["throughput_rps"] else \
+            r["throughput_rps"] / base["throughput_rps"]
+        wall = r["wall_s"]
+        if is_raw:
+            scpu, ccpu = f"{r['cpu_s'] / wall:.2f}", "–"
+            other = (r["busy_s"] - r["cpu_s"]) / wall
+        else:
+            scpu, ccpu = f"{r['server_cpu_s'] / wall:.2f}", f"{r['cpu_s'] / wall:.2f}"
+            other = (r["busy_s"] - r["cpu_s"] - r["server_cpu_s"]) / wall
+        out.append(f"| {r['path']} | {r['concurrency']} | {r['p50_ms']:.3f} | "
+                   f"{r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['throughput_rps']:.1f} | "
+                   f"{fmt_ratio(p50r)} | {fmt_ratio(p99r)} | {fmt_ratio(tr)} | {r['errors']} | "
+                   f"{scpu} | {ccpu} | {max(other, 0):.2f} |")
+    return out
+
+
+def server_table(rows):
+    """Where a served request's time goes, from the server's histograms."""
+    raw = {r["concurrency"]: r for r in rows if r["path"] == "raw"}
+    out = ["| path | conc | client mean | server request | queue | compute | "
+           "raw mean (same conc) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if not r.get("server"):
+            continue
+        s = r["server"]
+        base = raw.get(r["concurrency"])
+        out.append(f"| {r['path']} | {r['concurrency']} | {fmt_ms(r['mean_ms'])} | "
+                   f"{fmt_ms(s.get('request'))} | {fmt_ms(s.get('queue'))} | "
+                   f"{fmt_ms(s.get('compute'))} | {fmt_ms(base['mean_ms'] if base else None)} |")
+    return out
+
+
+def write_section(path, name, results, command):
+    """Replaces (or appends) the `<!-- begin: NAME -->` section of the report
+    with raw / HTTP binary / gRPC tables, leaving everything else as it is."""
+    m = results["machine"]
+    out = [f"<!-- begin: {name} -->", "## outpost-serve over gRPC beside HTTP and raw ONNX Runtime\n",
+           f"Produced by `{command}` with BENCH_SECTION={name} on {results['date']} "
+           f"({m['cpu']}, {m['nproc']} cores, shared with the load generator; source revision "
+           f"{results['git']}; load average {results['loadavg_start']} / "
+           f"{results['loadavg_end']}). Raw = `bench/raw_ort`; http binary = `bench/loadgen` "
+           f"(binary tensor extension both ways); grpc = `bench/grpc_loadgen` (one channel per "
+           f"thread, input in raw_input_contents, outputs in raw_output_contents). Same server "
+           f"process and model config for both protocols; ms.\n"]
+    for model, data in results["models"].items():
+        out.append(f"### {model}\n")
+        out.append(f"{data['seconds']} s measured per point after {data['warmup']} s warm-up.\n")
+        out.extend(model_table(data["rows"]))
+        out.append("")
+        out.extend(server_table(data["rows"]))
+        out.append("")
+    out.append(f"<!-- end: {name} -->")
+    section = "\n".join(out)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    pattern = re.compile(rf"<!-- begin: {re.escape(name)} -->.*?<!-- end: {re.escape(name)} -->",
+                         re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def owned_sections(path):
@@ -657,6 +723,7 @@ def main():
     args.work = os.path.join(args.build, "bench-work")
     tools = {"raw_ort": os.path.join(args.build, "bench", "raw_ort"),
              "loadgen": os.path.join(args.build, "bench", "loadgen"),
+             "grpc_loadgen": os.path.join(args.build, "bench", "grpc_loadgen"),
              "bare_load": os.path.join(args.build, "bench", "bare_load"),
              "serve": os.path.join(args.build, "src", "serve", "outpost-serve")}
     for name, path in tools.items():
@@ -678,7 +745,10 @@ def main():
     results["loadavg_end"] = loadavg()
     with open(os.path.join(args.work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    write_report(args.out, results, args.command)
+    if os.environ.get("BENCH_SECTION"):
+        write_section(args.out, os.environ["BENCH_SECTION"], results, args.command)
+    else:
+        write_report(args.out, results, args.command)
     log(f"wrote {args.out} ({results['total_s']:.0f} s)")
     return 0
 

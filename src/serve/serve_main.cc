@@ -14,6 +14,7 @@
 
 #include "common/http_server.h"
 #include "common/work_queue.h"
+#include "serve/api_grpc.h"
 #include "serve/api_http.h"
 #include "serve/metrics.h"
 #include "serve/model_repository.h"
@@ -24,11 +25,14 @@ namespace {
 using namespace outpost;
 
 // Writes the file in one step so a reader never sees half of it.
-bool WritePortFile(const std::string& path, uint16_t port) {
+// {"http": N} or, with gRPC on, {"http": N, "grpc": M}.
+bool WritePortFile(const std::string& path, uint16_t port, int grpc_port) {
   std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << "{\"http\": " << port << "}\n";
+    out << "{\"http\": " << port;
+    if (grpc_port >= 0) out << ", \"grpc\": " << grpc_port;
+    out << "}\n";
     if (!out.flush()) return false;
   }
   return std::rename(tmp.c_str(), path.c_str()) == 0;
@@ -65,6 +69,10 @@ int Run(int argc, char** argv) {
   std::string unix_socket;
   bool allow_insecure = false;
   std::vector<std::string> pipeline_files;
+  int grpc_port = -1;
+  bool allow_grpc = false;
+  std::string grpc_address;
+  int grpc_max_message = 64 << 20;
 
   app.add_option("--model-repository", repository_root,
                  "Model repository: <dir>/<model>/<version>/model.onnx [+ <model>/config.yaml]")
@@ -112,6 +120,19 @@ int Run(int argc, char** argv) {
   app.add_option("--pipeline", pipeline_files,
                  "Pipeline file (YAML, docs/pipelines.md) to run beside the APIs (repeatable)")
       ->check(CLI::ExistingFile);
+  app.add_option("--grpc-port", grpc_port,
+                 "KServe v2 gRPC port; 0 picks a free port; -1 (default) = no gRPC unless "
+                 "--allow-grpc")
+      ->check(CLI::Range(-1, 65535))
+      ->capture_default_str();
+  app.add_option("--allow-grpc", allow_grpc,
+                 "Serve gRPC (on --grpc-port, else Triton's 8001); implied by --grpc-port >= 0")
+      ->capture_default_str();
+  app.add_option("--grpc-address", grpc_address, "gRPC address (default: --http-address)");
+  app.add_option("--grpc-max-message-bytes", grpc_max_message,
+                 "Largest gRPC request or response message")
+      ->check(CLI::Range(4096, 1 << 30))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -150,13 +171,13 @@ int Run(int argc, char** argv) {
   std::atomic<bool> stopping{false};
   serve::ModelRepository& repo = **repository;
   serve::SharedMemoryRegistry shared_memory;
-  serve::HttpApi api(
-      repo, metrics,
-      [&] {
-        if (stopping.load() || !started.load()) return false;
-        return !strict_readiness || repo.AllReady();
-      },
-      http::IsLoopbackAddress(http_address) ? &shared_memory : nullptr);
+  // Readiness, the same for HTTP and gRPC.
+  auto ready = [&] {
+    if (stopping.load() || !started.load()) return false;
+    return !strict_readiness || repo.AllReady();
+  };
+  serve::HttpApi api(repo, metrics, ready,
+                     http::IsLoopbackAddress(http_address) ? &shared_memory : nullptr);
 
   http::ServerOptions server_options;
   server_options.address = http_address;
@@ -183,7 +204,28 @@ int Run(int argc, char** argv) {
   spdlog::info("HTTP listening on {}:{}{}", http_address, (*server)->port(),
                (*server)->tls() ? " (TLS)" : "");
   if (!unix_socket.empty()) spdlog::info("HTTP listening on unix socket {}", unix_socket);
-  if (!port_file.empty() && !WritePortFile(port_file, (*server)->port())) {
+  // gRPC listens beside HTTP on the same repository, schedulers and metrics.
+  std::unique_ptr<serve::GrpcApi> grpc_api;
+  if (allow_grpc || grpc_port >= 0) {
+    serve::GrpcOptions grpc_options;
+    grpc_options.address = grpc_address.empty() ? http_address : grpc_address;
+    grpc_options.port = grpc_port >= 0 ? grpc_port : 8001;
+    grpc_options.max_message_bytes = grpc_max_message;
+    grpc_options.tls_cert_file = tls_cert;
+    grpc_options.tls_key_file = tls_key;
+    grpc_options.allow_insecure = allow_insecure;
+    auto created = serve::GrpcApi::Create(grpc_options, repo, ready);
+    if (!created.ok()) {
+      spdlog::error("gRPC: {}", outpost::MessageOf(created.status()));
+      (*server)->Stop();
+      return 1;
+    }
+    grpc_api = std::move(created).value();
+    spdlog::info("gRPC listening on {}:{}{}", grpc_options.address, grpc_api->port(),
+                 grpc_api->tls() ? " (TLS)" : "");
+  }
+  if (!port_file.empty() &&
+      !WritePortFile(port_file, (*server)->port(), grpc_api ? grpc_api->port() : -1)) {
     spdlog::error("cannot write --port-file {}", port_file);
     return 1;
   }
@@ -225,9 +267,13 @@ int Run(int argc, char** argv) {
   ticker.Stop();
   if (pipelines) pipelines->Stop();  // in-flight frames reach the sinks
   pipelines.reset();
-  repo.UnloadAll();   // queued requests finish and are answered
-  (*server)->Stop();  // then connections close
+  repo.UnloadAll();  // queued requests finish and are answered (HTTP and gRPC)
+  // Then connections close; a gRPC call still in flight (a repository load)
+  // gets a few seconds before it is cancelled.
+  if (grpc_api) grpc_api->Shutdown(std::chrono::seconds(5));
+  (*server)->Stop();
   repository->reset();
+  grpc_api.reset();
   spdlog::info("stopped");
   return 0;
 }
