@@ -217,6 +217,12 @@ void Telemetry(HubContext& hub, Call& call) {
     sample.value = s["value"].get<double>();
     sample.device_time = s.value("time_ms", batch_time);
     if (s.contains("labels") && s["labels"].is_object()) sample.labels_json = s["labels"].dump();
+    if (s.contains("seq")) {
+      if (!s["seq"].is_number_unsigned()) {
+        return call.Fail(http::Status::bad_request, "samples[].seq: a non-negative integer");
+      }
+      sample.seq = static_cast<int64_t>(s["seq"].get<uint64_t>());
+    }
     batch.samples.push_back(std::move(sample));
   }
   absl::StatusOr<InsertResult> result = hub.store().InsertTelemetryBatch(batch);

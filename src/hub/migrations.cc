@@ -153,8 +153,16 @@ CREATE INDEX telemetry_samples_by_metric_hub_time ON telemetry_samples (metric, 
 CREATE INDEX telemetry_samples_by_hub_time ON telemetry_samples (hub_time);
 )sql";
 
+// The device's per-sample sequence (its telemetry queue numbers every
+// sample), so arrival exactly once and in order can be checked; NULL for
+// samples of agents that do not send it.
+constexpr std::string_view kTelemetrySampleSeq = R"sql(
+ALTER TABLE telemetry_samples ADD COLUMN seq BIGINT;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "initial schema", kInitialSchema},
+    {2, "telemetry sample sequence", kTelemetrySampleSeq},
 };
 
 std::string ForDialect(std::string_view sql, sql::Dialect dialect) {

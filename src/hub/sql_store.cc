@@ -1196,7 +1196,7 @@ class SqlStore final : public Store {
         Statement s;
         s.sql =
             "INSERT INTO telemetry_samples (device_id, metric, device_time, hub_time, value, "
-            "labels) VALUES ";
+            "labels, seq) VALUES ";
         std::string device = s.Bind(batch.device_id);
         std::string hub_time = s.Bind(batch.received_at);
         for (size_t i = 0; i < n; ++i) {
@@ -1205,7 +1205,7 @@ class SqlStore final : public Store {
               sample.labels_json.empty() ? std::string_view("{}") : sample.labels_json;
           StrAppend(&s.sql, i == 0 ? "(" : ", (", device, ", ", s.Bind(sample.metric), ", ",
                     s.Bind(sample.device_time), ", ", hub_time, ", ", s.Bind(sample.value), ", ",
-                    s.Bind(labels), ")");
+                    s.Bind(labels), ", ", s.Bind(Param(sample.seq)), ")");
         }
         RETURN_IF_ERROR(c.Query(s.sql, s.params).status());
       }
@@ -1224,7 +1224,7 @@ class SqlStore final : public Store {
           std::string_view axis = query.by_hub_time ? "hub_time" : "device_time";
           Statement s;
           s.sql = StrCat(
-              "SELECT device_id, metric, device_time, hub_time, value, labels "
+              "SELECT device_id, metric, device_time, hub_time, value, labels, seq "
               "FROM telemetry_samples WHERE metric = ",
               s.Bind(query.metric), " AND ", axis, " >= ", s.Bind(query.from), " AND ", axis, " < ",
               s.Bind(query.to));
@@ -1239,8 +1239,9 @@ class SqlStore final : public Store {
           std::vector<StoredSample> out;
           out.reserve(r.rows.size());
           for (const Row& row : r.rows) {
-            out.push_back(
-                {row.Text(0), row.Text(1), row.Int(2), row.Int(3), row.Double(4), row.Text(5)});
+            out.push_back({row.Text(0), row.Text(1), row.Int(2), row.Int(3), row.Double(4),
+                           row.Text(5),
+                           row.IsNull(6) ? std::nullopt : std::optional<int64_t>(row.Int(6))});
           }
           return out;
         });

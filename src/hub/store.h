@@ -263,6 +263,7 @@ struct TelemetrySample {
   TimeMs device_time = 0;
   double value = 0;  // finite
   std::string labels_json = "{}";
+  std::optional<int64_t> seq;  // the device's per-sample sequence, when sent
 };
 
 // One upload from a device's store-and-forward queue.
@@ -280,6 +281,7 @@ struct StoredSample {
   TimeMs hub_time = 0;  // the batch's received_at
   double value = 0;
   std::string labels_json;
+  std::optional<int64_t> seq;
 };
 
 struct TelemetryQuery {

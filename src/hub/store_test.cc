@@ -839,6 +839,20 @@ TEST_P(StoreTest, TelemetryBatchesAreIdempotentQueryableAndExpire) {
   EXPECT_EQ(*store_->InsertTelemetryBatch(batch), InsertResult::kInserted);
 }
 
+TEST_P(StoreTest, TelemetrySamplesKeepTheDeviceSequence) {
+  AddDevice("dev-1");
+  TelemetryBatch batch{"dev-1", "q-1", 10'000, {}};
+  batch.samples.push_back({"temperature_c", 1000, 71.5, "{}", 41});
+  batch.samples.push_back({"temperature_c", 1001, 72.5, "{}", std::nullopt});  // an old agent
+  EXPECT_EQ(*store_->InsertTelemetryBatch(batch), InsertResult::kInserted);
+  TelemetryQuery q;
+  q.metric = "temperature_c";
+  ASSERT_OK_AND_ASSIGN(auto samples, store_->QueryTelemetry(q));
+  ASSERT_EQ(samples.size(), 2u);
+  EXPECT_EQ(samples[0].seq, 41);
+  EXPECT_EQ(samples[1].seq, std::nullopt);
+}
+
 TEST_P(StoreTest, TextRoundTripsExactlyAndNulIsRefused) {
   std::string unicode =
       "K\xc3\xbc"
