@@ -47,6 +47,10 @@ struct RunFlags {
   double hub_wait = 240;
   double report_interval = 10;
   double telemetry_interval = 600;
+  uint64_t telemetry_queue_max_bytes = 16ull << 20;
+  double telemetry_queue_max_age = 7 * 24 * 3600;
+  double telemetry_retry_max = 300;
+  double overheat_c = 85;
   std::string bundle_sha256;
   uint64_t bundle_size = 0;
   std::string ca_file;
@@ -127,6 +131,11 @@ int RunAgent(const RunFlags& flags) {
         std::chrono::seconds(std::max<int64_t>(0, static_cast<int64_t>(flags.hub_wait)));
     link_options.report_interval = Millis(flags.report_interval);
     link_options.telemetry_interval = Millis(flags.telemetry_interval);
+    link_options.telemetry_queue.max_bytes = flags.telemetry_queue_max_bytes;
+    link_options.telemetry_queue.max_age =
+        std::chrono::seconds(static_cast<int64_t>(flags.telemetry_queue_max_age));
+    link_options.telemetry_retry_max = Millis(flags.telemetry_retry_max);
+    link_options.overheat_c = flags.overheat_c;
     link_options.fetch.max_retries = flags.download_retries;
     link_options.fetch.backoff_base = Millis(flags.download_backoff);
     link_options.fetch.backoff_max = Millis(flags.download_backoff_max);
@@ -256,6 +265,23 @@ int main(int argc, char** argv) {
   run->add_option("--telemetry-interval", run_flags.telemetry_interval,
                   "Seconds between heartbeats (runtime and device health) to the hub")
       ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  run->add_option("--telemetry-queue-max-bytes", run_flags.telemetry_queue_max_bytes,
+                  "Bound of the on-disk telemetry queue (bytes of samples); the oldest routine "
+                  "samples are dropped (and the loss reported) beyond it")
+      ->check(CLI::Range(uint64_t{4096}, uint64_t{1} << 40))
+      ->capture_default_str();
+  run->add_option("--telemetry-queue-max-age", run_flags.telemetry_queue_max_age,
+                  "Seconds a routine telemetry sample may wait in the queue")
+      ->check(CLI::Range(60.0, 365.0 * 86400))
+      ->capture_default_str();
+  run->add_option("--telemetry-retry-max", run_flags.telemetry_retry_max,
+                  "Cap in seconds of the exponential backoff between failed telemetry sends")
+      ->check(CLI::Range(1.0, 3600.0))
+      ->capture_default_str();
+  run->add_option("--overheat-c", run_flags.overheat_c,
+                  "Hottest thermal zone (Celsius) from which an overheating event is queued")
+      ->check(CLI::Range(20.0, 200.0))
       ->capture_default_str();
   run->add_option("--serve-binary", run_flags.serve_binary,
                   "outpost-serve to run when a bundle ships no runtime/outpost-serve");

@@ -3,11 +3,13 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 
 #include "agent/telemetry.h"
 #include "common/atomic_file.h"
+#include "common/fault_injection.h"
 
 namespace outpost::agent {
 namespace {
@@ -115,6 +117,120 @@ void HubLink::Stop() {
   if (reporter_.joinable()) reporter_.join();
 }
 
+void HubLink::QueueEvents(TelemetryQueue& queue, const json& samples, int64_t now_ms) {
+  json events = json::array();
+  // Overheating: once per crossing of the threshold.
+  for (const json& sample : samples) {
+    if (sample.value("metric", "") != "temperature_c") continue;
+    const double celsius = sample.value("value", 0.0);
+    if (celsius >= options_.overheat_c && !overheated_) {
+      events.push_back({{"metric", "overheating"},
+                        {"value", celsius},
+                        {"labels", {{"threshold_c", StrCat(options_.overheat_c)}}}});
+    }
+    overheated_ = celsius >= options_.overheat_c;
+  }
+  // Update failures and crash loops, from the transitions not seen yet.
+  absl::StatusOr<int64_t> seen = queue.GetCounter("history_seq");
+  if (seen.ok()) {
+    int64_t last = *seen;
+    std::ifstream history(options_.state_dir / "history.jsonl");
+    std::string line;
+    while (std::getline(history, line)) {
+      json event = json::parse(line, nullptr, false);
+      if (!event.is_object()) continue;
+      const int64_t seq = event.value("seq", int64_t{0});
+      if (seq <= *seen) continue;
+      last = std::max(last, seq);
+      if (event.value("state", "") != "rolled_back") continue;
+      const std::string reason = event.value("reason", "");
+      json labels = {{"release", event.value("release", "")}, {"reason", reason}};
+      const int64_t time_ms = event.value("time_ms", now_ms);
+      events.push_back(
+          {{"metric", "update_failed"}, {"value", 1}, {"labels", labels}, {"time_ms", time_ms}});
+      if (reason == "crash_loop") {
+        events.push_back(
+            {{"metric", "crash_loop"}, {"value", 1}, {"labels", labels}, {"time_ms", time_ms}});
+      }
+    }
+    if (!events.empty()) {
+      absl::Status queued = queue.Append(events, Priority::kHigh, now_ms);
+      if (!queued.ok()) {
+        spdlog::error("telemetry: cannot queue events: {}", MessageOf(queued));
+        return;  // the history is read again next time
+      }
+    }
+    if (last != *seen) {
+      absl::Status saved = queue.SetCounter("history_seq", last);
+      if (!saved.ok()) spdlog::warn("telemetry: {}", MessageOf(saved));
+    }
+  }
+}
+
+void HubLink::ShipTelemetry(TelemetryQueue& queue, HubClient& client) {
+  if (Clock::now() < next_ship_) return;
+  while (true) {
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+    }
+    absl::StatusOr<std::optional<QueuedBatch>> batch = queue.NextBatch();
+    if (!batch.ok()) {
+      spdlog::error("telemetry: {}", MessageOf(batch.status()));
+      return;
+    }
+    if (!batch->has_value()) return;
+    const QueuedBatch& next = **batch;
+    absl::StatusOr<json> sent = client.Post(
+        "/telemetry",
+        {{"batch_id", next.batch_id}, {"time_ms", NowMillis()}, {"samples", next.samples}});
+    if (!sent.ok()) {
+      if (absl::IsInvalidArgument(sent.status())) {
+        // The hub refuses this batch for good: retrying would block every
+        // later one. Dropped, counted and reported like any loss (after the
+        // backoff below, so a hub refusing everything is not hammered).
+        spdlog::error("telemetry: the hub refused batch {} ({}); its {} samples are dropped",
+                      next.batch_id, MessageOf(sent.status()), next.samples.size());
+        absl::Status dropped = queue.Acknowledge(next.batch_id);
+        if (dropped.ok()) {
+          dropped = queue.Append(json{{"metric", "telemetry_dropped"},
+                                      {"value", next.samples.size()},
+                                      {"labels", {{"priority", "refused"}}}},
+                                 Priority::kHigh, NowMillis());
+        }
+        if (!dropped.ok()) spdlog::error("telemetry: {}", MessageOf(dropped));
+      }
+      // Exponential backoff with full jitter; the batch (same id, same
+      // samples) waits in the queue.
+      ship_backoff_ =
+          std::clamp(ship_backoff_ * 2, std::chrono::milliseconds(1000),
+                     std::max(options_.telemetry_retry_max, std::chrono::milliseconds(1000)));
+      static thread_local std::mt19937_64 rng(std::random_device{}());
+      next_ship_ = Clock::now() + std::chrono::milliseconds(std::uniform_int_distribution<int64_t>(
+                                      ship_backoff_.count() / 2, ship_backoff_.count())(rng));
+      if (!ship_failing_) {
+        spdlog::warn("telemetry: not sent ({}); kept in the queue, retried with backoff",
+                     MessageOf(sent.status()));
+        ship_failing_ = true;
+      }
+      return;
+    }
+    // A crash here (sent, not acknowledged) re-sends the batch after the
+    // restart; the hub stores it once.
+    OUTPOST_CRASH_AT("telemetry.after_send");
+    absl::Status acknowledged = queue.Acknowledge(next.batch_id);
+    if (!acknowledged.ok()) {
+      spdlog::error("telemetry: {}", MessageOf(acknowledged));
+      return;
+    }
+    ship_backoff_ = std::chrono::milliseconds(0);
+    if (ship_failing_) {
+      spdlog::info("telemetry: the hub takes batches again; sending the backlog");
+      ship_failing_ = false;
+    }
+  }
+}
+
 void HubLink::ReporterLoop() {
   absl::StatusOr<std::unique_ptr<HubClient>> client = HubClient::Create(connection_);
   if (!client.ok()) {
@@ -123,9 +239,10 @@ void HubLink::ReporterLoop() {
   }
   StatusReporter reporter(options_.state_dir, *std::move(client), progress_);
   TelemetryCollector telemetry({.state_dir = options_.state_dir});
+  TelemetryQueueOptions queue_options = options_.telemetry_queue;
+  queue_options.path = options_.state_dir / "telemetry.db";
+  std::unique_ptr<TelemetryQueue> queue;
   std::string last_error;
-  uint64_t batch = 0;
-  const std::string boot = StrCat(NowMillis());  // batch ids unique across restarts
   auto next_telemetry = Clock::now();
   auto report_error = [&](const absl::Status& status) {
     std::string text(MessageOf(status));
@@ -144,18 +261,42 @@ void HubLink::ReporterLoop() {
       spdlog::info("hub: reachable again");
       last_error.clear();
     }
+    if (queue == nullptr) {
+      absl::StatusOr<std::unique_ptr<TelemetryQueue>> opened = TelemetryQueue::Open(queue_options);
+      if (opened.ok()) {
+        queue = *std::move(opened);
+      } else if (Clock::now() >= next_telemetry) {
+        spdlog::error("telemetry: {}; heartbeats are not kept", MessageOf(opened.status()));
+      }
+    }
     if (Clock::now() >= next_telemetry) {
       next_telemetry = Clock::now() + options_.telemetry_interval;
-      json samples = telemetry.Collect(NowMillis(), reporter.client().clock_offset_ms());
-      absl::StatusOr<json> sent =
-          reporter.client().Post("/telemetry", {{"batch_id", StrCat(boot, "-", ++batch)},
-                                                {"time_ms", NowMillis()},
-                                                {"samples", samples}});
-      if (!sent.ok()) report_error(sent.status());
+      const int64_t now_ms = NowMillis();
+      json samples = telemetry.Collect(now_ms, reporter.client().clock_offset_ms());
+      if (queue != nullptr) {
+        absl::Status queued = queue->Append(samples, Priority::kRoutine, now_ms);
+        if (!queued.ok())
+          spdlog::error("telemetry: cannot queue a heartbeat: {}", MessageOf(queued));
+        QueueEvents(*queue, samples, now_ms);
+        absl::StatusOr<size_t> imported =
+            queue->ImportOutbox(options_.state_dir / "telemetry-outbox", now_ms);
+        if (!imported.ok()) spdlog::error("telemetry outbox: {}", MessageOf(imported.status()));
+      }
     }
+    if (queue != nullptr) ShipTelemetry(*queue, reporter.client());
     std::unique_lock lock(mu_);
     if (stop_) break;
-    cv_.wait_for(lock, options_.report_interval, [this] { return stop_ || nudged_; });
+    auto wait = options_.report_interval;
+    // Wake for the next heartbeat or retry if either comes before the report.
+    const auto now = Clock::now();
+    wait = std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::max(next_telemetry - now, Clock::duration::zero())));
+    if (queue != nullptr && next_ship_ > now) {
+      wait =
+          std::min(wait, std::chrono::duration_cast<std::chrono::milliseconds>(next_ship_ - now));
+    }
+    cv_.wait_for(lock, std::max(wait, std::chrono::milliseconds(10)),
+                 [this] { return stop_ || nudged_; });
     nudged_ = false;
     if (stop_) {
       lock.unlock();

@@ -1,7 +1,8 @@
 // outpost-agent's link to its hub (docs/device-api.md): enrols once, then
 // the hub is the update source (desired state by long poll), and a
 // reporter thread ships the update history and heartbeats (status every
-// report_interval, telemetry every telemetry_interval).
+// report_interval; telemetry collected every telemetry_interval into the
+// on-disk queue, which is shipped whenever the hub is reachable).
 //
 // Thread safety: Start, TakeSource and Stop from the agent's main thread;
 // the reporter runs on its own thread with its own HubClient.
@@ -19,6 +20,7 @@
 
 #include "agent/fetcher.h"
 #include "agent/hub_client.h"
+#include "agent/telemetry_queue.h"
 #include "agent/updater.h"
 #include "bundle/bundle.h"
 #include "common/status.h"
@@ -31,6 +33,13 @@ struct HubLinkOptions {
   std::chrono::seconds long_poll{240};
   std::chrono::milliseconds report_interval{10000};
   std::chrono::milliseconds telemetry_interval{600000};
+  // Store-and-forward (docs/agent.md "Telemetry queue"): bounds of
+  // <state>/telemetry.db (its path is set by HubLink), the cap of the
+  // exponential backoff between failed sends, and the temperature from
+  // which an `overheating` event is queued.
+  TelemetryQueueOptions telemetry_queue;
+  std::chrono::milliseconds telemetry_retry_max{300000};
+  double overheat_c = 85;
   FetchOptions fetch;              // retries, backoff, stall timeout, cancel
   std::function<bool()> stopping;  // true once the agent is stopping
 };
@@ -64,6 +73,12 @@ class HubLink {
  private:
   HubLink(HubLinkOptions options, HubConnection connection);
   void ReporterLoop();
+  // Queues the alert-worthy events found since the last call: update
+  // failures and crash loops (history.jsonl), overheating (`samples`).
+  void QueueEvents(TelemetryQueue& queue, const nlohmann::json& samples, int64_t now_ms);
+  // Sends queued batches until the queue is empty, a send fails (then
+  // backs off) or the agent stops.
+  void ShipTelemetry(TelemetryQueue& queue, HubClient& client);
 
   const HubLinkOptions options_;
   const HubConnection connection_;
@@ -74,6 +89,11 @@ class HubLink {
   bool stop_ = false;    // guarded by mu_
   bool nudged_ = false;  // guarded by mu_
   std::thread reporter_;
+  // Reporter thread only.
+  bool overheated_ = false;
+  bool ship_failing_ = false;
+  std::chrono::milliseconds ship_backoff_{0};
+  std::chrono::steady_clock::time_point next_ship_{};
 };
 
 }  // namespace outpost::agent

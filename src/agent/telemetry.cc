@@ -1,12 +1,14 @@
 #include "agent/telemetry.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 
-#include <charconv>
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 
+#include "bundle/manifest.h"
 #include "common/atomic_file.h"
 #include "common/http_client.h"
 
@@ -17,21 +19,8 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 constexpr double kMinRequestsForLatency = 10;
-
-std::string_view TrimLeft(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  return s;
-}
-
-std::optional<double> ParseDouble(std::string_view s) {
-  if (s == "+Inf") return INFINITY;
-  if (s == "-Inf") return -INFINITY;
-  if (s == "NaN") return NAN;
-  double value = 0;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
-  if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
-  return value;
-}
+// Fewer scores than this in an interval say nothing about drift.
+constexpr double kMinScoresForDrift = 10;
 
 // One sample. Its time is the heartbeat's (the batch carries it once) and
 // empty labels are left out: an idle device's bytes are mostly heartbeats.
@@ -42,60 +31,6 @@ json Sample(std::string metric, double value, int64_t /*now_ms*/, json labels = 
 }
 
 }  // namespace
-
-std::vector<PromSample> ParsePrometheusText(std::string_view text) {
-  std::vector<PromSample> out;
-  while (!text.empty()) {
-    size_t nl = text.find('\n');
-    std::string_view line = text.substr(0, nl);
-    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
-    line = TrimLeft(line);
-    if (line.empty() || line.front() == '#') continue;
-    PromSample sample;
-    size_t name_end = line.find_first_of("{ ");
-    if (name_end == std::string_view::npos) continue;
-    sample.name = std::string(line.substr(0, name_end));
-    std::string_view rest = line.substr(name_end);
-    bool ok = true;
-    if (rest.front() == '{') {
-      rest.remove_prefix(1);
-      while (ok && !rest.empty() && rest.front() != '}') {
-        size_t eq = rest.find('=');
-        if (eq == std::string_view::npos || eq + 1 >= rest.size() || rest[eq + 1] != '"') {
-          ok = false;
-          break;
-        }
-        std::string key(TrimLeft(rest.substr(0, eq)));
-        std::string value;
-        size_t i = eq + 2;
-        for (; i < rest.size() && rest[i] != '"'; ++i) {
-          if (rest[i] == '\\' && i + 1 < rest.size()) {
-            ++i;
-            value.push_back(rest[i] == 'n' ? '\n' : rest[i]);
-          } else {
-            value.push_back(rest[i]);
-          }
-        }
-        if (i >= rest.size()) {
-          ok = false;
-          break;
-        }
-        sample.labels[key] = std::move(value);
-        rest.remove_prefix(i + 1);
-        if (!rest.empty() && rest.front() == ',') rest.remove_prefix(1);
-      }
-      if (!ok || rest.empty()) continue;
-      rest.remove_prefix(1);  // '}'
-    }
-    rest = TrimLeft(rest);
-    std::string_view value_text = rest.substr(0, rest.find(' '));
-    std::optional<double> value = ParseDouble(value_text);
-    if (!value) continue;
-    sample.value = *value;
-    out.push_back(std::move(sample));
-  }
-  return out;
-}
 
 RuntimeSummary SummariseRuntime(const std::vector<PromSample>& samples) {
   RuntimeSummary s;
@@ -122,6 +57,23 @@ RuntimeSummary SummariseRuntime(const std::vector<PromSample>& samples) {
       auto ort = p.labels.find("onnxruntime");
       if (version != p.labels.end()) s.runtime_version = version->second;
       if (ort != p.labels.end()) s.onnxruntime_version = ort->second;
+    } else if (p.name == "process_start_time_seconds") {
+      s.process_start_time = p.value;
+    } else if (p.name.starts_with("outpost_output_score_")) {
+      auto model = p.labels.find("model");
+      auto version = p.labels.find("version");
+      if (model == p.labels.end() || version == p.labels.end()) continue;
+      ScoreHistogramScrape& h = s.output_scores[{model->second, version->second}];
+      if (p.name == "outpost_output_score_bucket") {
+        auto le = p.labels.find("le");
+        if (le == p.labels.end()) continue;
+        std::optional<double> edge = ParsePrometheusValue(le->second);
+        if (edge && !std::isnan(*edge)) h.cumulative.emplace_back(*edge, p.value);
+      } else if (p.name == "outpost_output_score_sum") {
+        h.sum = p.value;
+      } else if (p.name == "outpost_output_score_count") {
+        h.count = p.value;
+      }
     } else if (p.name == "outpost_model_loaded" && p.value > 0) {
       auto model = p.labels.find("model");
       auto version = p.labels.find("version");
@@ -130,7 +82,138 @@ RuntimeSummary SummariseRuntime(const std::vector<PromSample>& samples) {
       }
     }
   }
+  for (auto& [key, h] : s.output_scores) std::sort(h.cumulative.begin(), h.cumulative.end());
   return s;
+}
+
+std::optional<ScoreHistogramScrape> ScoreDelta(const ScoreHistogramScrape& now,
+                                               const ScoreHistogramScrape& before) {
+  if (now.cumulative.size() != before.cumulative.size() || now.count < before.count) {
+    return std::nullopt;
+  }
+  ScoreHistogramScrape delta;
+  delta.count = now.count - before.count;
+  delta.sum = now.sum - before.sum;
+  for (size_t i = 0; i < now.cumulative.size(); ++i) {
+    if (now.cumulative[i].first != before.cumulative[i].first ||
+        now.cumulative[i].second < before.cumulative[i].second) {
+      return std::nullopt;
+    }
+    delta.cumulative.emplace_back(now.cumulative[i].first,
+                                  now.cumulative[i].second - before.cumulative[i].second);
+  }
+  return delta;
+}
+
+std::optional<double> HistogramQuantile(const ScoreHistogramScrape& h, double q) {
+  if (h.cumulative.empty()) return std::nullopt;
+  const double total = h.cumulative.back().second;
+  if (total <= 0) return std::nullopt;
+  const double rank = q * total;
+  double lower_edge = 0, lower_count = 0;
+  for (size_t i = 0; i < h.cumulative.size(); ++i) {
+    const auto [edge, count] = h.cumulative[i];
+    if (count >= rank) {
+      if (std::isinf(edge)) return i > 0 ? h.cumulative[i - 1].first : 0.0;
+      if (i == 0) lower_edge = edge > 0 ? 0 : edge;
+      if (count == lower_count) return edge;
+      return lower_edge + (edge - lower_edge) * (rank - lower_count) / (count - lower_count);
+    }
+    lower_edge = edge;
+    lower_count = count;
+  }
+  return h.cumulative.back().first;
+}
+
+std::optional<std::vector<double>> CountsInBins(const ScoreHistogramScrape& h,
+                                                const std::vector<double>& bin_edges) {
+  if (bin_edges.size() < 2 || h.cumulative.empty()) return std::nullopt;
+  const double total = h.cumulative.back().second;
+  auto cumulative_at = [&](double edge) -> std::optional<double> {
+    for (const auto& [le, count] : h.cumulative) {
+      if (std::abs(le - edge) <= 1e-9 * std::max(1.0, std::abs(edge))) return count;
+    }
+    return std::nullopt;
+  };
+  std::vector<double> counts;
+  double previous = 0;
+  for (size_t i = 1; i + 1 < bin_edges.size(); ++i) {
+    std::optional<double> at = cumulative_at(bin_edges[i]);
+    if (!at) return std::nullopt;
+    counts.push_back(*at - previous);
+    previous = *at;
+  }
+  counts.push_back(total - previous);
+  return counts;
+}
+
+double PopulationStabilityIndex(const std::vector<double>& counts,
+                                const std::vector<double>& expected_proportions) {
+  double total = 0;
+  for (double c : counts) total += c;
+  double psi = 0;
+  for (size_t i = 0; i < counts.size() && i < expected_proportions.size(); ++i) {
+    const double a = std::max(total > 0 ? counts[i] / total : 0.0, kPsiEpsilon);
+    const double e = std::max(expected_proportions[i], kPsiEpsilon);
+    psi += (a - e) * std::log(a / e);
+  }
+  return psi;
+}
+
+void TelemetryCollector::AddDrift(const RuntimeSummary& runtime, int64_t now_ms, json& out) {
+  // The baselines of the release being served, re-read when it changes.
+  const fs::path manifest_path = options_.state_dir / "current" / "manifest.json";
+  std::error_code ec;
+  const fs::path resolved = fs::canonical(manifest_path, ec);
+  auto mtime = ec ? fs::file_time_type() : fs::last_write_time(resolved, ec);
+  std::string identity = ec ? "" : StrCat(resolved.string(), "@", mtime.time_since_epoch().count());
+  if (identity != baseline_identity_) {
+    baseline_identity_ = identity;
+    baselines_.clear();
+    mismatch_logged_.clear();
+    absl::StatusOr<std::string> text = ReadFile(manifest_path);
+    if (text.ok()) {
+      absl::StatusOr<bundle::Manifest> manifest = bundle::ParseManifest(*text);
+      if (manifest.ok()) {
+        for (const auto& [model, baseline] : manifest->baselines) {
+          baselines_[model] = {baseline.bin_edges, baseline.proportions};
+        }
+      } else {
+        spdlog::warn("telemetry: {}: {}", manifest_path.string(), MessageOf(manifest.status()));
+      }
+    }
+  }
+  for (const auto& [key, now] : runtime.output_scores) {
+    std::optional<ScoreHistogramScrape> delta = now;  // a version loaded since the last scrape
+    if (last_runtime_ && last_runtime_->process_start_time != runtime.process_start_time) {
+      delta = std::nullopt;  // a new runtime: its counts start over, no interval yet
+    } else if (last_runtime_) {
+      auto before = last_runtime_->output_scores.find(key);
+      if (before != last_runtime_->output_scores.end()) delta = ScoreDelta(now, before->second);
+    }
+    if (!delta || delta->count < kMinScoresForDrift) continue;
+    json labels = {{"model", key.first}, {"version", key.second}};
+    out.push_back(Sample("score_count", delta->count, now_ms, labels));
+    out.push_back(Sample("score_mean", delta->sum / delta->count, now_ms, labels));
+    if (std::optional<double> p50 = HistogramQuantile(*delta, 0.5)) {
+      out.push_back(Sample("score_p50", *p50, now_ms, labels));
+    }
+    auto baseline = baselines_.find(key.first);
+    if (baseline == baselines_.end()) continue;
+    std::optional<std::vector<double>> counts = CountsInBins(*delta, baseline->second.first);
+    if (!counts) {
+      if (!mismatch_logged_[key.first]) {
+        spdlog::warn(
+            "telemetry: model '{}': the baseline's bin edges are not among the runtime's "
+            "output_score buckets; no drift_psi (set output_score.buckets in its config.yaml)",
+            key.first);
+        mismatch_logged_[key.first] = true;
+      }
+      continue;
+    }
+    out.push_back(Sample("drift_psi", PopulationStabilityIndex(*counts, baseline->second.second),
+                         now_ms, std::move(labels)));
+  }
 }
 
 std::optional<RuntimeSummary> TelemetryCollector::ScrapeRuntime() {
@@ -189,6 +272,7 @@ json TelemetryCollector::Collect(int64_t now_ms, int64_t clock_offset_ms) {
           "runtime_info", 1, now_ms,
           {{"version", runtime->runtime_version}, {"onnxruntime", runtime->onnxruntime_version}}));
     }
+    if (last_runtime_) AddDrift(*runtime, now_ms, out);
     last_runtime_ = runtime;
   }
   last_time_ms_ = now_ms;

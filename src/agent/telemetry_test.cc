@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -86,6 +87,64 @@ TEST(TelemetryTest, DeviceHealthFromProcAndThermalZones) {
   EXPECT_EQ(value(second, "cpu_percent"), 50);  // 100 busy of 200 ticks
   EXPECT_TRUE(value(second, "disk_free_bytes").has_value());
   fs::remove_all(dir);
+}
+
+TEST(TelemetryTest, ScrapesOutputScoreHistograms) {
+  RuntimeSummary s = SummariseRuntime(
+      ParsePrometheusText("outpost_output_score_bucket{model=\"m\",version=\"2\",le=\"+Inf\"} 10\n"
+                          "outpost_output_score_bucket{model=\"m\",version=\"2\",le=\"0.5\"} 4\n"
+                          "outpost_output_score_bucket{model=\"m\",version=\"2\",le=\"1\"} 9\n"
+                          "outpost_output_score_sum{model=\"m\",version=\"2\"} 6.5\n"
+                          "outpost_output_score_count{model=\"m\",version=\"2\"} 10\n"));
+  ASSERT_EQ(s.output_scores.size(), 1u);
+  const ScoreHistogramScrape& h = s.output_scores.at({"m", "2"});
+  ASSERT_EQ(h.cumulative.size(), 3u);  // sorted by edge
+  EXPECT_EQ(h.cumulative[0], (std::pair<double, double>{0.5, 4}));
+  EXPECT_EQ(h.cumulative[1], (std::pair<double, double>{1, 9}));
+  EXPECT_TRUE(std::isinf(h.cumulative[2].first));
+  EXPECT_EQ(h.sum, 6.5);
+  EXPECT_EQ(h.count, 10);
+}
+
+ScoreHistogramScrape Histogram(std::vector<std::pair<double, double>> cumulative, double sum = 0) {
+  ScoreHistogramScrape h;
+  h.cumulative = std::move(cumulative);
+  h.count = h.cumulative.back().second;
+  h.sum = sum;
+  return h;
+}
+
+TEST(TelemetryTest, IntervalDeltaQuantileAndBins) {
+  ScoreHistogramScrape before = Histogram({{0.5, 2}, {0.9, 3}, {1, 4}, {INFINITY, 4}}, 3);
+  ScoreHistogramScrape now = Histogram({{0.5, 4}, {0.9, 9}, {1, 14}, {INFINITY, 14}}, 11);
+  std::optional<ScoreHistogramScrape> delta = ScoreDelta(now, before);
+  ASSERT_TRUE(delta);
+  EXPECT_EQ(delta->count, 10);
+  EXPECT_EQ(delta->sum, 8);
+  EXPECT_EQ(delta->cumulative[1], (std::pair<double, double>{0.9, 6}));
+  // A restarted runtime (counts went down) gives no interval.
+  EXPECT_FALSE(ScoreDelta(before, now));
+  // p50: rank 5 of 10, in (0.5, 0.9] which holds ranks 3..6.
+  EXPECT_NEAR(*HistogramQuantile(*delta, 0.5), 0.5 + 0.4 * (5 - 2) / 4.0, 1e-12);
+  EXPECT_NEAR(*HistogramQuantile(*delta, 0.1), 0.5 * 1 / 2.0, 1e-12);  // first bucket from 0
+  EXPECT_FALSE(HistogramQuantile(Histogram({{1, 0}, {INFINITY, 0}}), 0.5));
+  // Bins [0, 0.5, 1, 1.1]: interior edges 0.5 and 1 are runtime edges.
+  EXPECT_EQ(*CountsInBins(*delta, {0, 0.5, 1, 1.1}), (std::vector<double>{2, 8, 0}));
+  // Bins [0, 0.9, 1]: the scores above 1 (none) would go to the last bin.
+  EXPECT_EQ(*CountsInBins(*delta, {0, 0.9, 1}), (std::vector<double>{6, 4}));
+  EXPECT_FALSE(CountsInBins(*delta, {0, 0.7, 1}));  // 0.7 is not a runtime edge
+}
+
+TEST(TelemetryTest, PopulationStabilityIndex) {
+  // Same distribution: 0.
+  EXPECT_NEAR(PopulationStabilityIndex({25, 75}, {0.25, 0.75}), 0, 1e-12);
+  // By hand: a = (0.5, 0.5), e = (0.25, 0.75).
+  const double expected = (0.5 - 0.25) * std::log(0.5 / 0.25) + (0.5 - 0.75) * std::log(0.5 / 0.75);
+  EXPECT_NEAR(PopulationStabilityIndex({10, 10}, {0.25, 0.75}), expected, 1e-12);
+  // An empty bin is floored at the epsilon instead of giving infinity.
+  const double floored =
+      (1 - 0.5) * std::log(1 / 0.5) + (kPsiEpsilon - 0.5) * std::log(kPsiEpsilon / 0.5);
+  EXPECT_NEAR(PopulationStabilityIndex({7, 0}, {0.5, 0.5}), floored, 1e-12);
 }
 
 }  // namespace

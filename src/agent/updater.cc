@@ -656,6 +656,13 @@ absl::StatusOr<InstallResult> Updater::InstallFrom() {
     return Rollback(ReasonFor(unpacked, kReasonIoError),
                     StrCat("unpacking into slot ", target, ": ", MessageOf(unpacked)));
   }
+  // The verified manifest stays beside the payload: the telemetry collector
+  // reads the release's output baselines from it (drift).
+  absl::Status kept = WriteFileAtomic(slot_dir / "manifest.json", verified->manifest_json());
+  if (!kept.ok()) {
+    return Rollback(kReasonIoError,
+                    StrCat("writing manifest.json into slot ", target, ": ", MessageOf(kept)));
+  }
   OUTPOST_CRASH_AT("updater.after_unpack");
 
   next = state();

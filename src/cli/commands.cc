@@ -18,9 +18,12 @@
 #include "bundle/bundle.h"
 #include "bundle/reason.h"
 #include "bundle/signing.h"
+#include "cli/baseline.h"
 #include "cli/hub_api.h"
 #include "cli/hub_commands.h"
 #include "cli/infer_command.h"
+#include "common/atomic_file.h"
+#include "common/http_client.h"
 
 namespace outpost::cli {
 namespace {
@@ -47,6 +50,14 @@ struct BuildArgs {
   std::string min_agent_version;
   int level = 3;
   std::string sign_key;
+  std::string out;
+};
+
+struct BaselineArgs {
+  std::string from_metrics;
+  std::string model;
+  std::string version;
+  std::string output;
   std::string out;
 };
 
@@ -129,6 +140,59 @@ int BundleBuild(const BuildArgs& args, std::ostream& out, std::ostream& err) {
       << manifest->sequence << ", " << manifest->files.size() << " files, " << manifest->TotalSize()
       << " bytes (" << fs::file_size(args.out, ec) << " compressed)"
       << (key ? StrCat(", signed by key ", key->key_id) : std::string(", unsigned")) << "\n";
+  return kExitOk;
+}
+
+// Captures a model's output-score histogram as a baseline into --out
+// (merged with the other models already in it), checked by the same parser
+// `bundle build --baseline` uses.
+int BundleBaseline(const BaselineArgs& args, std::ostream& out, std::ostream& err) {
+  std::string text;
+  if (args.from_metrics.starts_with("http://") || args.from_metrics.starts_with("https://")) {
+    absl::StatusOr<std::unique_ptr<HttpClient>> client =
+        HttpClient::Create({.timeout = std::chrono::seconds(10)});
+    if (!client.ok()) return Finish(client.status(), err);
+    absl::StatusOr<HttpResponse> response = (*client)->Send({.url = args.from_metrics});
+    if (!response.ok()) return Finish(response.status(), err);
+    if (response->status != 200) {
+      return Finish(
+          absl::UnavailableError(StrCat(args.from_metrics, " answered HTTP ", response->status)),
+          err);
+    }
+    text = std::move(response->body);
+  } else {
+    absl::StatusOr<std::string> read = ReadFile(args.from_metrics);
+    if (!read.ok()) return Finish(read.status(), err);
+    text = *std::move(read);
+  }
+  absl::StatusOr<bundle::OutputBaseline> baseline =
+      BaselineFromMetrics(text, args.model, args.version, args.output);
+  if (!baseline.ok()) return Finish(baseline.status(), err);
+
+  json all = json::object();
+  std::error_code ec;
+  if (fs::exists(args.out, ec)) {
+    absl::StatusOr<std::string> existing = ReadFile(args.out);
+    if (!existing.ok()) return Finish(existing.status(), err);
+    all = json::parse(*existing, nullptr, false);
+    if (!all.is_object()) {
+      return Finish(
+          absl::InvalidArgumentError(StrCat(args.out, ": not a JSON object of baselines by model")),
+          err);
+    }
+  }
+  all[args.model] = {{"output", baseline->output},
+                     {"bin_edges", baseline->bin_edges},
+                     {"proportions", baseline->proportions},
+                     {"samples", baseline->samples}};
+  std::string data = all.dump(2) + "\n";
+  absl::StatusOr<std::map<std::string, bundle::OutputBaseline>> check =
+      bundle::ParseBaselines(data, args.out);
+  if (!check.ok()) return Finish(check.status(), err);
+  absl::Status written = WriteFileAtomic(args.out, data);
+  if (!written.ok()) return Finish(written, err);
+  out << "baseline of " << args.model << " (" << baseline->samples << " scores, "
+      << baseline->proportions.size() << " bins) written to " << args.out << "\n";
   return kExitOk;
 }
 
@@ -337,6 +401,21 @@ int RunOutpost(int argc, const char* const* argv, std::ostream& out, std::ostrea
   build->add_option("--sign-key", build_args.sign_key, "sign with this private key while building");
   build->add_option("--out", build_args.out, "bundle file to write")->required();
 
+  BaselineArgs baseline_args;
+  CLI::App* baseline = bundle_cmd->add_subcommand(
+      "baseline", "capture a model's output-score histogram as a --baseline file");
+  baseline
+      ->add_option("--from-metrics", baseline_args.from_metrics,
+                   "outpost-serve /metrics URL (or a file holding a scrape)")
+      ->required();
+  baseline->add_option("--model", baseline_args.model, "model name")->required();
+  baseline->add_option("--version", baseline_args.version,
+                       "model version (default: the only one exposed)");
+  baseline->add_option("--output", baseline_args.output, "name of the scored output tensor")
+      ->required();
+  baseline->add_option("--out", baseline_args.out, "baseline file to write or add the model to")
+      ->required();
+
   SignArgs sign_args;
   CLI::App* sign = bundle_cmd->add_subcommand("sign", "sign a bundle (replaces any signature)");
   sign->add_option("--key", sign_args.key, "private key file (<id>.key)")->required();
@@ -374,6 +453,7 @@ int RunOutpost(int argc, const char* const* argv, std::ostream& out, std::ostrea
 
   try {
     if (keys_generate->parsed()) return KeysGenerate(keys_args, out, err);
+    if (baseline->parsed()) return BundleBaseline(baseline_args, out, err);
     if (build->parsed()) {
       if (build_args.sequence == 0) {
         err << "outpost: error: --sequence must be >= 1\n";

@@ -68,6 +68,8 @@ inline constexpr std::string_view kCrashPoints[] = {
     "updater.rollback_started",
     "updater.mid_rollback",
     "updater.after_rollback",
+    // agent/hub_link.cc: a telemetry batch sent, not yet acknowledged
+    "telemetry.after_send",
 };
 
 inline constexpr std::string_view kFailWritePoints[] = {

@@ -274,6 +274,12 @@ void Telemetry(HubContext& hub, Call& call) {
         models.push_back(StrCat(labels["model"].get<std::string>(), "/", version));
       }
     }
+    if (s.contains("seq")) {
+      if (!s["seq"].is_number_unsigned()) {
+        return call.Fail(http::Status::bad_request, "samples[].seq: a non-negative integer");
+      }
+      sample.seq = static_cast<int64_t>(s["seq"].get<uint64_t>());
+    }
     batch.samples.push_back(std::move(sample));
   }
   std::sort(models.begin(), models.end());

@@ -427,6 +427,11 @@ TEST_F(HubTest, RolloutHaltsWhenTheCanaryIsSlowerThanItsBaseline) {
   EXPECT_EQ(
       Call(devices[0], "POST", "/api/v1/device/telemetry", json{{"samples", 1}}.dump()).status,
       400);
+  json bad_seq = {{"batch_id", "b-seq"},
+                  {"samples", {{{"metric", "x"}, {"value", 1}, {"seq", -4}}}}};
+  HttpResponse refused = Call(devices[0], "POST", "/api/v1/device/telemetry", bad_seq.dump());
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_NE(refused.body.find("samples[].seq"), std::string::npos);
   std::this_thread::sleep_for(20ms);
   Push(Bundle("r1", 1, &key_.private_key), 201);
   HttpResponse created =

@@ -210,10 +210,18 @@ CREATE INDEX telemetry_samples_by_received_at ON telemetry_samples (received_at)
 DROP INDEX telemetry_samples_by_hub_time;
 )sql";
 
+// The device's per-sample sequence (its telemetry queue numbers every
+// sample), so arrival exactly once and in order can be checked; NULL for
+// samples of agents that do not send it.
+constexpr std::string_view kTelemetrySampleSeq = R"sql(
+ALTER TABLE telemetry_samples ADD COLUMN seq BIGINT;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, "initial schema", kInitialSchema},
     {2, "telemetry rollups and alerts", kRollupsAndAlerts},
     {3, "telemetry samples: arrival apart from the moment taken", kSampleArrival},
+    {4, "telemetry sample sequence", kTelemetrySampleSeq},
 };
 
 std::string ForDialect(std::string_view sql, sql::Dialect dialect) {

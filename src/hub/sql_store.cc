@@ -1215,7 +1215,7 @@ class SqlStore final : public Store {
         Statement s;
         s.sql =
             "INSERT INTO telemetry_samples (device_id, metric, device_time, hub_time, value, "
-            "labels, release_id, model_version, received_at) VALUES ";
+            "labels, release_id, model_version, received_at, seq) VALUES ";
         std::string device = s.Bind(batch.device_id);
         std::string received_at = s.Bind(batch.received_at);
         std::string release = s.Bind(batch.release_id);
@@ -1227,7 +1227,8 @@ class SqlStore final : public Store {
               sample.labels_json.empty() ? std::string_view("{}") : sample.labels_json;
           StrAppend(&s.sql, i == 0 ? "(" : ", (", device, ", ", s.Bind(sample.metric), ", ",
                     s.Bind(sample.device_time), ", ", hub_time, ", ", s.Bind(sample.value), ", ",
-                    s.Bind(labels), ", ", release, ", ", model_version, ", ", received_at, ")");
+                    s.Bind(labels), ", ", release, ", ", model_version, ", ", received_at, ", ",
+                    s.Bind(Param(sample.seq)), ")");
         }
         RETURN_IF_ERROR(c.Query(s.sql, s.params).status());
       }
@@ -1246,7 +1247,7 @@ class SqlStore final : public Store {
           std::string_view axis = query.by_hub_time ? "hub_time" : "device_time";
           Statement s;
           s.sql = StrCat(
-              "SELECT device_id, metric, device_time, hub_time, value, labels "
+              "SELECT device_id, metric, device_time, hub_time, value, labels, seq "
               "FROM telemetry_samples WHERE metric = ",
               s.Bind(query.metric), " AND ", axis, " >= ", s.Bind(query.from), " AND ", axis, " < ",
               s.Bind(query.to));
@@ -1261,8 +1262,9 @@ class SqlStore final : public Store {
           std::vector<StoredSample> out;
           out.reserve(r.rows.size());
           for (const Row& row : r.rows) {
-            out.push_back(
-                {row.Text(0), row.Text(1), row.Int(2), row.Int(3), row.Double(4), row.Text(5)});
+            out.push_back({row.Text(0), row.Text(1), row.Int(2), row.Int(3), row.Double(4),
+                           row.Text(5),
+                           row.IsNull(6) ? std::nullopt : std::optional<int64_t>(row.Int(6))});
           }
           return out;
         });

@@ -263,6 +263,7 @@ struct TelemetrySample {
   TimeMs device_time = 0;
   double value = 0;  // finite
   std::string labels_json = "{}";
+  std::optional<int64_t> seq;  // the device's per-sample sequence, when sent
   // When it was taken on the hub's clock (device_time corrected by the
   // offset measured on the upload); 0 = the batch's received_at.
   TimeMs hub_time = 0;
@@ -291,6 +292,7 @@ struct StoredSample {
   TimeMs hub_time = 0;
   double value = 0;
   std::string labels_json;
+  std::optional<int64_t> seq;
 };
 
 // Which samples a series query covers and how it groups them.

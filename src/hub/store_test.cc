@@ -796,8 +796,9 @@ TEST_P(StoreTest, TelemetryBatchesAreIdempotentQueryableAndExpire) {
   EXPECT_EQ(*store_->InsertTelemetryBatch({"dev-2", "b-1", 20'000, {{"latency_ms", 1100, 99}}}),
             InsertResult::kInserted);
   // A sample with its own hub time (taken before its batch arrived).
-  EXPECT_EQ(*store_->InsertTelemetryBatch(
-                {"dev-2", "b-2", 40'000, {{"latency_ms", 1200, 7, "{}", 30'000}}}),
+  TelemetrySample taken_earlier{"latency_ms", 1200, 7};
+  taken_earlier.hub_time = 30'000;
+  EXPECT_EQ(*store_->InsertTelemetryBatch({"dev-2", "b-2", 40'000, {taken_earlier}}),
             InsertResult::kInserted);
 
   TelemetryQuery q;
@@ -1067,6 +1068,20 @@ TEST_P(StoreTest, AlertEvaluationsOpenUpdateAndResolveEpisodes) {
   hot.value = std::numeric_limits<double>::infinity();
   EXPECT_EQ(CodeOf(store_->RecordAlertEvaluation(rules, {hot}, 6000)),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(StoreTest, TelemetrySamplesKeepTheDeviceSequence) {
+  AddDevice("dev-1");
+  TelemetryBatch batch{"dev-1", "q-1", 10'000, {}};
+  batch.samples.push_back({"temperature_c", 1000, 71.5, "{}", 41});
+  batch.samples.push_back({"temperature_c", 1001, 72.5, "{}", std::nullopt});  // an old agent
+  EXPECT_EQ(*store_->InsertTelemetryBatch(batch), InsertResult::kInserted);
+  TelemetryQuery q;
+  q.metric = "temperature_c";
+  ASSERT_OK_AND_ASSIGN(auto samples, store_->QueryTelemetry(q));
+  ASSERT_EQ(samples.size(), 2u);
+  EXPECT_EQ(samples[0].seq, 41);
+  EXPECT_EQ(samples[1].seq, std::nullopt);
 }
 
 TEST_P(StoreTest, TextRoundTripsExactlyAndNulIsRefused) {

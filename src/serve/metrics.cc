@@ -4,6 +4,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <chrono>
+#include <limits>
 #include <sstream>
 
 #include "common/process_metrics.h"
@@ -194,6 +195,14 @@ void ServeMetrics::RecordProviderFallback(const std::string& model, const std::s
   fallbacks_.Add({{"model", model}, {"provider", provider}}).Increment();
 }
 
+std::shared_ptr<ScoreHistogram> ModelMetrics::OutputScoreHistogram(
+    const std::vector<double>& edges) {
+  std::lock_guard<std::mutex> lock(score_mu_);
+  if (score_ == nullptr || score_->edges() != edges)
+    score_ = std::make_shared<ScoreHistogram>(edges);
+  return score_;
+}
+
 std::string ServeMetrics::Serialize() const {
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
   std::vector<prometheus::MetricFamily> extra = process_->Collect();
@@ -221,6 +230,33 @@ std::string ServeMetrics::Serialize() const {
     latency.metric.push_back(std::move(metric));
   }
   families.push_back(std::move(latency));
+
+  prometheus::MetricFamily scores;
+  scores.name = "outpost_output_score";
+  scores.help = "Per-row output score (top-class probability by default), for drift checks.";
+  scores.type = prometheus::MetricType::Histogram;
+  for (const auto& model : live) {
+    std::shared_ptr<ScoreHistogram> histogram;
+    {
+      std::lock_guard<std::mutex> lock(model->score_mu_);
+      histogram = model->score_;
+    }
+    if (histogram == nullptr) continue;
+    ScoreHistogram::Snapshot snapshot = histogram->Take();
+    prometheus::ClientMetric metric;
+    metric.label = {{"model", model->model_}, {"version", model->version_}};
+    metric.histogram.sample_count = snapshot.count;
+    metric.histogram.sample_sum = snapshot.sum;
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < snapshot.counts.size(); ++i) {
+      cumulative += snapshot.counts[i];
+      metric.histogram.bucket.push_back(
+          {cumulative, i < histogram->edges().size() ? histogram->edges()[i]
+                                                     : std::numeric_limits<double>::infinity()});
+    }
+    scores.metric.push_back(std::move(metric));
+  }
+  if (!scores.metric.empty()) families.push_back(std::move(scores));
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, families);
   return out.str();

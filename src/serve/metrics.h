@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "common/rolling_quantiles.h"
+#include "serve/output_score.h"
 
 namespace outpost::serve {
 
@@ -44,6 +45,10 @@ class ModelMetrics {
   void SetLoaded(double load_seconds);
   // Recomputes inferences/s over the last `window` ticks; called once a second.
   void Tick();
+  // The output-score histogram of this version, exported as
+  // outpost_output_score: the existing one when its edges equal `edges`
+  // (a reload keeps counting), else a new one that replaces it.
+  std::shared_ptr<ScoreHistogram> OutputScoreHistogram(const std::vector<double>& edges);
 
  private:
   friend class ServeMetrics;
@@ -68,6 +73,9 @@ class ModelMetrics {
   prometheus::Gauge& last_success_;
   prometheus::Gauge& loaded_;
   prometheus::Gauge& load_seconds_;
+
+  mutable std::mutex score_mu_;  // load and scrape only; scoring holds its own pointer
+  std::shared_ptr<ScoreHistogram> score_;
 
   static constexpr int kWindow = 10;
   std::mutex tick_mu_;  // only Tick() takes it, once a second

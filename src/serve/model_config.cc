@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -22,13 +23,15 @@
 namespace outpost::serve {
 namespace {
 
-constexpr std::array<std::string_view, 16> kTopLevelKeys = {
+constexpr std::array<std::string_view, 17> kTopLevelKeys = {
     "max_batch_size",      "dynamic_batching", "max_queue_size",   "instance_count",
     "execution_providers", "strict_providers", "intra_op_threads", "inter_op_threads",
     "graph_optimization",  "cpu_arena",        "session_config",   "warmup",
-    "version_policy",      "inputs",           "outputs",          "labels"};
+    "version_policy",      "inputs",           "outputs",          "labels",
+    "output_score"};
 constexpr std::array<std::string_view, 2> kDynamicBatchingKeys = {"max_queue_delay_us",
                                                                   "preferred_batch_sizes"};
+constexpr std::array<std::string_view, 3> kOutputScoreKeys = {"output", "kind", "buckets"};
 constexpr std::array<std::string_view, 1> kWarmupKeys = {"iterations"};
 constexpr std::array<std::string_view, 3> kTensorKeys = {"name", "datatype", "shape"};
 
@@ -246,6 +249,8 @@ class ConfigParser {
             ASSIGN_OR_RETURN(config.outputs, ParseTensors(value, key));
           } else if (name == "labels") {
             ASSIGN_OR_RETURN(config.labels_file, ParseLabels(value, key));
+          } else if (name == "output_score") {
+            ASSIGN_OR_RETURN(config.output_score, ParseOutputScore(value, key));
           }
           return absl::OkStatus();
         });
@@ -444,6 +449,59 @@ class ConfigParser {
                             file, "'"));
     }
     return file;
+  }
+
+  absl::StatusOr<OutputScoreConfig> ParseOutputScore(const YAML::Node& node, std::string_view key) {
+    OutputScoreConfig score;
+    if (node.IsScalar()) {
+      ASSIGN_OR_RETURN(bool on, Bool(node, key));
+      score.enabled = on;
+      return score;
+    }
+    if (node.IsNull()) return score;
+    RETURN_IF_ERROR(RequireMap(node, key, "{kind: softmax_max} or off"));
+    RETURN_IF_ERROR(ForEachEntry(
+        node, key, kOutputScoreKeys,
+        [&](const std::string& name, const std::string& path,
+            const YAML::Node& value) -> absl::Status {
+          if (name == "output") {
+            ASSIGN_OR_RETURN(score.output, String(value, path));
+          } else if (name == "kind") {
+            ASSIGN_OR_RETURN(std::string text, String(value, path));
+            if (text == "auto") {
+              score.kind = ScoreKind::kAuto;
+            } else if (text == "softmax_max") {
+              score.kind = ScoreKind::kSoftmaxMax;
+            } else if (text == "max") {
+              score.kind = ScoreKind::kMax;
+            } else if (text == "value") {
+              score.kind = ScoreKind::kValue;
+            } else {
+              return Error(path, Cat("must be auto, softmax_max, max or value, got '", text, "'"));
+            }
+          } else {
+            RETURN_IF_ERROR(RequireList(value, path, "[0.5, 0.9, 1.0]"));
+            if (value.size() == 0 || value.size() > kMaxScoreBuckets) {
+              return Error(path, Cat("must list 1..", kMaxScoreBuckets, " bucket edges, got ",
+                                     value.size()));
+            }
+            for (size_t i = 0; i < value.size(); ++i) {
+              std::string item = Cat(path, "[", i, "]");
+              double edge = 0;
+              if (!value[i].IsScalar() || !absl::SimpleAtod(value[i].Scalar(), &edge) ||
+                  !std::isfinite(edge)) {
+                return Error(item, Cat("must be a finite number, got ", Describe(value[i])));
+              }
+              if (!score.buckets.empty() && edge <= score.buckets.back()) {
+                return Error(item, Cat("bucket edges must increase strictly, got ", edge, " after ",
+                                       score.buckets.back()));
+              }
+              score.buckets.push_back(edge);
+            }
+          }
+          return absl::OkStatus();
+        }));
+    return score;
   }
 
   absl::Status CrossCheck(const ModelConfig& config) const {

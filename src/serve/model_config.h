@@ -21,6 +21,11 @@
 //   outputs: [{name: y, datatype: FP32, shape: [1000]}]
 //   labels: labels.txt           # one label per line, for classification outputs;
 //                                # relative to the model folder, no ".."
+//   output_score:                # histogram of a per-row score, for drift (serve/output_score.h)
+//     output: prob               # default: the first FP32/FP64 output
+//     kind: softmax_max          # auto | softmax_max | max | value
+//     buckets: [0.5, 0.9, 1.0]   # upper edges, strictly increasing, 1..64; default 0.1..1.0
+//   # or `output_score: off`
 //
 // Shapes in `inputs`/`outputs` exclude the batch dimension when
 // max_batch_size > 0, as in Triton.
@@ -34,6 +39,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "serve/output_score.h"
 #include "serve/tensor.h"
 
 namespace outpost::serve {
@@ -77,6 +83,7 @@ struct ModelConfig {
   std::vector<TensorSpec> inputs;   // overrides; empty = from the model
   std::vector<TensorSpec> outputs;  // overrides; empty = from the model
   std::string labels_file;          // relative to the model folder
+  OutputScoreConfig output_score;
   // True when max_batch_size came from the file rather than inference.
   bool max_batch_size_set = false;
 };

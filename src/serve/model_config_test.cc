@@ -459,3 +459,45 @@ TEST_F(LoadModelConfigTest, DirectoryInsteadOfFileIsAnError) {
 
 }  // namespace
 }  // namespace outpost::serve
+
+namespace outpost::serve {
+namespace {
+
+TEST(ModelConfigOutputScoreTest, ParsesOutputKindAndBuckets) {
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(
+      "output_score: {output: prob, kind: softmax_max, buckets: [0.5, 0.9, 1]}\n", "c.yaml");
+  ASSERT_TRUE(config.ok()) << MessageOf(config.status());
+  EXPECT_TRUE(config->output_score.enabled);
+  EXPECT_EQ(config->output_score.output, "prob");
+  EXPECT_EQ(config->output_score.kind, ScoreKind::kSoftmaxMax);
+  EXPECT_EQ(config->output_score.buckets, (std::vector<double>{0.5, 0.9, 1.0}));
+
+  config = ParseModelConfig("output_score: off\n", "c.yaml");
+  ASSERT_TRUE(config.ok());
+  EXPECT_FALSE(config->output_score.enabled);
+  config = ParseModelConfig("", "c.yaml");
+  EXPECT_TRUE(config->output_score.enabled);  // on by default, auto kind, default buckets
+  EXPECT_EQ(config->output_score.kind, ScoreKind::kAuto);
+  EXPECT_TRUE(config->output_score.buckets.empty());
+}
+
+TEST(ModelConfigOutputScoreTest, BadValuesNameTheKey) {
+  auto message = [](std::string_view yaml) {
+    absl::StatusOr<ModelConfig> config = ParseModelConfig(yaml, "c.yaml");
+    return config.ok() ? std::string("ok") : std::string(MessageOf(config.status()));
+  };
+  EXPECT_EQ(message("output_score: {kind: entropy}"),
+            "c.yaml: key 'output_score.kind': must be auto, softmax_max, max or value, got "
+            "'entropy'");
+  EXPECT_EQ(message("output_score: {buckets: [0.5, 0.5]}"),
+            "c.yaml: key 'output_score.buckets[1]': bucket edges must increase strictly, got 0.5 "
+            "after 0.5");
+  EXPECT_EQ(message("output_score: {buckets: []}"),
+            "c.yaml: key 'output_score.buckets': must list 1..64 bucket edges, got 0");
+  EXPECT_EQ(message("output_score: {buckets: [a]}"),
+            "c.yaml: key 'output_score.buckets[0]': must be a finite number, got 'a'");
+  EXPECT_NE(message("output_score: {outptu: y}").find("did you mean 'output'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace outpost::serve

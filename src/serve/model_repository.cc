@@ -195,6 +195,23 @@ absl::StatusOr<std::shared_ptr<ModelVersion>> ModelRepository::BuildVersion(
   scheduler_options.on_batch = [metrics](int batch_size, int64_t, bool ok) {
     if (ok) metrics->RecordBatch(batch_size);
   };
+  const OutputScoreConfig& score_config = loaded->config_.output_score;
+  absl::StatusOr<std::optional<OutputScorer>> scorer = OutputScorer::Create(
+      loaded->engine_->outputs(), score_config,
+      score_config.enabled
+          ? metrics->OutputScoreHistogram(score_config.buckets.empty() ? DefaultScoreBuckets()
+                                                                       : score_config.buckets)
+          : nullptr);
+  if (!scorer.ok()) {
+    return absl::InvalidArgumentError(
+        StrCat("model '", name, "' version ", version, ": ", MessageOf(scorer.status())));
+  }
+  if (scorer->has_value()) {
+    scheduler_options.on_outputs =
+        [scorer = **std::move(scorer)](std::span<const OutputTensor> outputs) {
+          scorer.Observe(outputs);
+        };
+  }
   auto scheduler = Scheduler::Create(*loaded->engine_, std::move(scheduler_options));
   if (!scheduler.ok()) return scheduler.status();
   loaded->scheduler_ = std::move(scheduler).value();

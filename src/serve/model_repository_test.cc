@@ -237,5 +237,43 @@ TEST_F(ModelRepositoryTest, UnloadAllDrainsQueuedRequests) {
   EXPECT_EQ(answered.load(), 50);
 }
 
+TEST_F(ModelRepositoryTest, EveryInferenceCountsInTheOutputScoreHistogram) {
+  CopyVersion("add_one", 1, "add_one", 1);
+  CopyVersion("add_one", 1, "scored", 1);
+  CopyVersion("add_one", 1, "unscored", 1);
+  CopyVersion("add_one", 1, "misnamed", 1);
+  // y = x + 1 = [1, 1, 1, 1] for x = 0: max 1, top softmax probability 0.25.
+  WriteConfig("scored", "output_score: {kind: max, buckets: [0.5, 1.5, 2.5]}\n");
+  WriteConfig("unscored", "output_score: off\n");
+  WriteConfig("misnamed", "output_score: {output: probabilities}\n");
+  Open(ControlMode::kNone);
+  for (const char* name : {"add_one", "scored", "unscored"}) {
+    auto version = repo_->Get(name, 0);
+    ASSERT_TRUE(version.ok()) << name;
+    for (int i = 0; i < 3; ++i) EXPECT_FLOAT_EQ(Infer(**version), 1.f);
+  }
+  const std::string text = metrics_.Serialize();
+  EXPECT_NE(text.find("outpost_output_score_bucket{model=\"add_one\",version=\"1\",le=\"0.2\"} 0"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("outpost_output_score_bucket{model=\"add_one\",version=\"1\",le=\"0.3\"} 3"),
+            std::string::npos);
+  EXPECT_NE(text.find("outpost_output_score_count{model=\"add_one\",version=\"1\"} 3"),
+            std::string::npos);
+  EXPECT_NE(text.find("outpost_output_score_bucket{model=\"scored\",version=\"1\",le=\"0.5\"} 0"),
+            std::string::npos);
+  EXPECT_NE(text.find("outpost_output_score_bucket{model=\"scored\",version=\"1\",le=\"1.5\"} 3"),
+            std::string::npos);
+  EXPECT_EQ(text.find("outpost_output_score_bucket{model=\"unscored\""), std::string::npos);
+  // A config naming an output the model lacks is a load error of that model.
+  auto misnamed = repo_->Get("misnamed", 0);
+  ASSERT_FALSE(misnamed.ok());
+  EXPECT_NE(MessageOf(misnamed.status())
+                .find("output_score.output: the model has no output "
+                      "'probabilities'"),
+            std::string_view::npos)
+      << MessageOf(misnamed.status());
+}
+
 }  // namespace
 }  // namespace outpost::serve

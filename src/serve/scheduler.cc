@@ -350,6 +350,7 @@ class Worker {
     }
     // Before the callbacks: the last one may destroy the scheduler.
     if (options_.on_batch) options_.on_batch(static_cast<int>(total), compute_ns, result.ok());
+    if (options_.on_outputs && result.ok()) options_.on_outputs(*result);
 
     if (!result.ok()) {
       for (Pending& p : batch_) std::move(p.done)(result.status());

@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,12 @@ struct SchedulerOptions {
   // Called once per executed batch, on the instance thread, before the
   // batch's request callbacks (for metrics).
   std::function<void(int batch_size, int64_t compute_ns, bool ok)> on_batch;
+  // Called once per successful batch with all of its outputs (every
+  // request's rows; only the outputs that were computed), on the instance
+  // thread, before the request callbacks and outside any scheduler lock:
+  // the one place every inference passes, whatever front end submitted it
+  // (HTTP, gRPC, pipelines). Must be cheap and must not block.
+  std::function<void(std::span<const OutputTensor> outputs)> on_outputs;
 };
 
 // Checks a request against the model's inputs: every input present once,

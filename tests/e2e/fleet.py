@@ -77,7 +77,7 @@ class Releases:
         self.public_key = os.path.join(self.keys, "release.pub")
         self.paths = {}
 
-    def build(self, release, sequence, model="add_one", version=1, expect=1.0):
+    def build(self, release, sequence, model="add_one", version=1, expect=1.0, baseline=None):
         src = os.path.join(self.dir, "src-" + release)
         model_dir = os.path.join(src, "models", "add_one", "1")
         os.makedirs(model_dir)
@@ -92,7 +92,8 @@ class Releases:
         out = os.path.join(self.dir, release + ".tar.zst")
         run([self.bins.cli, "bundle", "build", "--models", os.path.join(src, "models"),
              "--self-test", selftest, "--name", release, "--sequence", str(sequence),
-             "--out", out, "--sign-key", os.path.join(self.keys, "release.key")])
+             "--out", out, "--sign-key", os.path.join(self.keys, "release.key")]
+            + (["--baseline", baseline] if baseline else []))
         self.paths[release] = out
         return out
 
@@ -236,6 +237,10 @@ class Device:
         self.hub = hub
         self.expect_running = False
         self.env = {}  # extra environment (a stand-in GPU driver)
+        self.telemetry_interval = "1"
+        self.hub_wait = "5"
+        self.report_interval = "0.5"
+        self.extra_args = []
 
     def start(self):
         self.expect_running = True
@@ -246,8 +251,10 @@ class Device:
             [self.bins.agent, "run", "--state-dir", self.state, "--trust-dir", self.trust,
              "--serve-binary", self.bins.serve, "--bootstrap", self.bootstrap,
              "--soak", "1", "--ready-timeout", "30", "--self-test-timeout", "10",
-             "--poll-interval", "0.5", "--hub-wait", "5", "--report-interval", "0.5",
-             "--telemetry-interval", "1", "--stop-grace", "5"],
+             "--poll-interval", "0.5", "--hub-wait", self.hub_wait,
+             "--report-interval", self.report_interval,
+             "--telemetry-interval", self.telemetry_interval, "--stop-grace", "5"]
+            + self.extra_args,
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 

@@ -498,7 +498,8 @@ def fill_disk(path):
 
 def check_slot(slot_dir, manifest):
     """Problems of an unpacked slot against its release's manifest: every
-    file present with its size and SHA-256, nothing else but port.json."""
+    file present with its size and SHA-256, nothing else but port.json and
+    the verified manifest.json the agent keeps beside the payload."""
     problems = []
     want = {f["path"]: f for f in manifest["files"]}
     seen = set()
@@ -506,7 +507,7 @@ def check_slot(slot_dir, manifest):
         for name in filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, slot_dir)
-            if rel == "port.json":
+            if rel in ("port.json", "manifest.json"):
                 continue
             seen.add(rel)
             f = want.get(rel)
