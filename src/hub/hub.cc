@@ -6,8 +6,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -25,6 +27,9 @@
 #include "hub/web_assets.h"
 
 namespace outpost::hub {
+
+// See Hub::Impl's listener (idle keep-alive of device connections).
+constexpr std::chrono::seconds kDeviceIdleKeepAlive{660};
 namespace {
 
 namespace fs = std::filesystem;
@@ -315,7 +320,12 @@ absl::StatusOr<std::unique_ptr<Hub>> Hub::Create(HubOptions options) {
   server_options.server_name = "outpost-hub/" OUTPOST_VERSION;
   server_options.max_body_bytes = options.max_bundle_bytes;
   server_options.request_timeout = std::chrono::minutes(10);  // bundle uploads
-  server_options.idle_timeout = std::chrono::seconds(options.max_long_poll.count() + 60);
+  // Idle keep-alive: longer than the longest long poll, and longer than the
+  // agent's default heartbeat interval (600 s), so a device's heartbeat
+  // connection stays open between beats instead of paying a TCP and TLS
+  // handshake (about 1 kB) every time.
+  server_options.idle_timeout =
+      std::max(std::chrono::seconds(options.max_long_poll.count() + 60), kDeviceIdleKeepAlive);
   if (options.insecure_http) {
     if (!http::IsLoopbackAddress(options.address)) {
       return absl::InvalidArgumentError(StrCat("plain HTTP is allowed on loopback only; ",
