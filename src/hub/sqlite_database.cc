@@ -5,9 +5,12 @@
 // IMMEDIATE) so two writers never deadlock upgrading from a read lock.
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "hub/connection_pool.h"
@@ -53,6 +56,8 @@ absl::Status SqliteError(sqlite3* db, int rc, std::string_view what) {
   }
 }
 
+constexpr std::chrono::milliseconds kMaxPragmaPause{100};
+
 class SqliteConnection final : public Connection {
  public:
   static absl::StatusOr<std::unique_ptr<SqliteConnection>> Open(const std::string& path,
@@ -65,8 +70,20 @@ class SqliteConnection final : public Connection {
     if (rc != SQLITE_OK) return SqliteError(db, rc, StrCat("cannot open ", path));
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, static_cast<int>(options.lock_timeout.count()));
-    RETURN_IF_ERROR(conn->ExecScript(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"));
+    // Switching a fresh file to WAL while another process creates or
+    // migrates it can fail with SQLITE_BUSY at once, without the busy
+    // handler (SQLite will not wait while holding a lock it must upgrade):
+    // retry until the lock timeout.
+    const auto deadline = std::chrono::steady_clock::now() + options.lock_timeout;
+    for (std::chrono::milliseconds pause{5};; pause = std::min(pause * 2, kMaxPragmaPause)) {
+      absl::Status pragmas = conn->ExecScript(
+          "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;");
+      if (pragmas.ok()) break;
+      if (!absl::IsUnavailable(pragmas) || std::chrono::steady_clock::now() + pause > deadline) {
+        return pragmas;
+      }
+      std::this_thread::sleep_for(pause);
+    }
     return conn;
   }
 
