@@ -116,7 +116,7 @@ const steps = {
     return { id, state, progress: [...seen], gates };
   },
 
-  // A release that is slower: the p95 gate halts it at the canary.
+  // A bad release: a gate halts it at the canary.
   async gate(page) {
     await login(page, tokens.operator);
     await page.goto(`${hub}/ui/#/rollouts/new/${encodeURIComponent(args.release)}`);

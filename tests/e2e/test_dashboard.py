@@ -4,10 +4,9 @@ driven by playwright-core (tests/e2e/dashboard_browser.mjs, one step per
 run) against a real outpost-hub on loopback with three real devices
 (outpost-agent + outpost-serve each, tests/e2e/fleet.py).
 
-Steps: sign in with a token and see the fleet (alerts panel degrades to
-"unavailable": this hub has no alerts API); open a device; start a rollout
+Steps: sign in with a token and see the fleet and its alerts panel; open a device; start a rollout
 from the Releases page, pause and resume it, watch it advance to completed;
-start a 3x slower release and see the p95 gate halt it; a viewer sees no
+start a release whose self-test fails and see a gate halt it; a viewer sees no
 button that changes anything and the API refuses it; compare two releases
 on the same devices. Screenshots of every page go to tests/artifacts/dashboard/.
 
@@ -51,7 +50,9 @@ class DashboardTest(unittest.TestCase):
         cls.releases = fleet.Releases(cls.bins, root)
         cls.releases.build("r1", 10, version=1, expect=1.0)
         cls.releases.build("r2", 20, version=2, expect=2.0)
-        cls.releases.build("r3-slow", 30, model="add_one_slow", version=1, expect=2.0)
+        # Answers x + 2 where its self-test expects x + 1: the canary fails its
+        # health gate and rolls back, and the install-failure gate halts it.
+        cls.releases.build("r3-bad", 30, version=2, expect=1.0)
         cls.hub = fleet.Hub(cls.bins, root)
         cls.hub.create_admin_token()
         cls.hub.trust(cls.releases.public_key)
@@ -78,7 +79,7 @@ class DashboardTest(unittest.TestCase):
                            "every device enrolled and online")
             # The fleet runs r1 before the browser arrives, under steady load
             # (latency telemetry needs a real workload).
-            for name in ("r1", "r2", "r3-slow"):
+            for name in ("r1", "r2", "r3-bad"):
                 cls.hub.push(cls.releases.paths[name])
             rid = cls.hub.rollout("r1", ["100%"], soak=1)
             fleet.wait_for(lambda: cls.hub.rollout_state(rid)["state"] == "completed", 180,
@@ -167,13 +168,14 @@ class DashboardTest(unittest.TestCase):
             self.assertEqual(self.hub.device(d.id)["current_release"], "r2")
         type(self).r2_rollout = seen["id"]
 
-    def test_4_a_gate_halts_a_slow_release(self):
-        # Telemetry of r2 under load first: the gate's baseline.
-        fleet.wait_for(lambda: all(self.samples(d.id, "latency_p95_ms") >= 6
-                                   for d in self.devices), 90, "latency telemetry of r2")
-        seen = self.browser("gate", release="r3-slow", timeout=400)
+    def test_4_a_gate_halts_a_bad_release(self):
+        # A deterministic gate: the canary's self-test fails, it rolls back,
+        # the install-failure gate halts the rollout. (The p95 gate is proven
+        # through the API by e2e_fleet; driven from the browser on a loaded
+        # two-core machine its telemetry timing made this step flaky.)
+        seen = self.browser("gate", release="r3-bad", timeout=400)
         self.assertIn("halted", seen["state"])
-        self.assertIn("p95 latency regression", seen["reason"])
+        self.assertIn("install failures", seen["reason"])
         self.assertIn("breached", seen["gates"])
         final = self.hub.rollout_state(seen["id"])
         self.assertEqual(final["state"], "halted")
@@ -197,16 +199,6 @@ class DashboardTest(unittest.TestCase):
         self.assertNotEqual(p95[0], "—", seen["rows"])
         self.assertNotEqual(p95[1], "—", seen["rows"])
         self.assertGreaterEqual(seen["charts"], 4)
-        # The slow release on the canary that ran it: slower, side by side.
-        canary = getattr(self, "canary", None)
-        if canary is None:
-            self.skipTest("test_4 did not run")
-        seen = self.browser("compare", a="r2", b="r3-slow")
-        self.assertIn("On the same 1 device", seen["sameDevices"])
-        # The median: p95 on a loaded two-core machine is mostly queueing
-        # noise, the slow model's compute time shows in p50.
-        before, after = (float(v) for v in seen["rows"]["p50 latency (ms)"][:2])
-        self.assertGreater(after, before, seen["rows"])
 
 
 if __name__ == "__main__":
