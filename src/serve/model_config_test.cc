@@ -251,9 +251,9 @@ TEST(ModelConfigTest, Booleans) {
 }
 
 TEST(ModelConfigTest, SessionConfigEntriesPassThroughInOrder) {
-  absl::StatusOr<ModelConfig> config =
-      Parse("session_config:\n  session.intra_op.allow_spinning: \"0\"\n"
-            "  session.dynamic_block_base: 4\n");
+  absl::StatusOr<ModelConfig> config = Parse(
+      "session_config:\n  session.intra_op.allow_spinning: \"0\"\n"
+      "  session.dynamic_block_base: 4\n");
   ASSERT_TRUE(config.ok()) << config.status();
   ASSERT_EQ(config->session_config.size(), 2u);
   EXPECT_EQ(config->session_config[0],
