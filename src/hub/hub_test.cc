@@ -127,6 +127,13 @@ class HubTest : public ::testing::Test {
     return Call(device, "POST", "/api/v1/device/status", body.dump());
   }
 
+  // Polls `predicate` for up to 5 s; its last answer.
+  template <typename Predicate>
+  static bool WaitFor(Predicate predicate) {
+    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
+    return predicate();
+  }
+
   // Moves the hub's clock forward (HubOptions::clock).
   std::atomic<int64_t> skew_ms_{0};
   TempDir dir_;
@@ -382,17 +389,13 @@ TEST_F(HubTest, RolloutGoesWaveByWaveAndHaltsOnAFailedCanary) {
     return Json(Call(devices[i], "GET", "/api/v1/device/desired"))["release"];
   };
   auto rollout = [&] { return Json(Call(admin_, "GET", StrCat("/api/v1/admin/rollouts/", id))); };
-  auto wait_for = [&](auto predicate) {
-    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
-    return predicate();
-  };
   // Wave 1: the canary (cam-0, first by id) alone.
-  ASSERT_TRUE(wait_for([&] { return !desired(0).is_null(); }));
+  ASSERT_TRUE(WaitFor([&] { return !desired(0).is_null(); }));
   EXPECT_TRUE(desired(1).is_null());
   ASSERT_EQ(Report(devices[0], 1, "committed", "r1", "r1").status, 200);
-  ASSERT_TRUE(wait_for([&] { return !desired(3).is_null(); }));
+  ASSERT_TRUE(WaitFor([&] { return !desired(3).is_null(); }));
   for (int i = 1; i < 4; ++i) ASSERT_EQ(Report(devices[i], 1, "committed", "r1", "r1").status, 200);
-  ASSERT_TRUE(wait_for([&] { return rollout()["state"] == "completed"; })) << rollout().dump();
+  ASSERT_TRUE(WaitFor([&] { return rollout()["state"] == "completed"; })) << rollout().dump();
   EXPECT_EQ(rollout()["counts"]["committed"], 4);
 
   // A release whose canary rolls back halts at wave 1; nobody else gets it.
@@ -400,9 +403,9 @@ TEST_F(HubTest, RolloutGoesWaveByWaveAndHaltsOnAFailedCanary) {
   created = Call(admin_, "POST", "/api/v1/admin/rollouts",
                  json{{"release", "r2"}, {"waves", {1, "100%"}}, {"soak_s", 0}}.dump());
   id = Json(created)["id"];
-  ASSERT_TRUE(wait_for([&] { return desired(0)["name"] == "r2"; }));
+  ASSERT_TRUE(WaitFor([&] { return desired(0)["name"] == "r2"; }));
   ASSERT_EQ(Report(devices[0], 2, "rolled_back", "r2", "r1").status, 200);
-  ASSERT_TRUE(wait_for([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
+  ASSERT_TRUE(WaitFor([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
   EXPECT_NE(rollout()["gates"]["halt_reason"].get<std::string>().find("install failures"),
             std::string::npos);
   EXPECT_EQ(desired(0)["name"], "r1");  // back to what it ran
@@ -440,16 +443,12 @@ TEST_F(HubTest, RolloutHaltsWhenTheCanaryIsSlowerThanItsBaseline) {
   ASSERT_EQ(created.status, 201) << created.body;
   int64_t id = Json(created)["id"];
   auto rollout = [&] { return Json(Call(admin_, "GET", StrCat("/api/v1/admin/rollouts/", id))); };
-  auto wait_for = [&](auto predicate) {
-    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
-    return predicate();
-  };
-  ASSERT_TRUE(wait_for([&] { return rollout()["counts"].value("offered", 0) == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return rollout()["counts"].value("offered", 0) == 1; }));
   ASSERT_EQ(Report(devices[0], 1, "committed", "r1", "r1").status, 200);
   std::this_thread::sleep_for(20ms);
   telemetry(0, 31);
   telemetry(0, 33);
-  ASSERT_TRUE(wait_for([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
+  ASSERT_TRUE(WaitFor([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
   json gates = rollout()["gates"];
   EXPECT_NE(gates["halt_reason"].get<std::string>().find("p95 latency regression"),
             std::string::npos)
@@ -486,11 +485,7 @@ TEST_F(HubTest, RolloutHaltsOnOutputDriftInTheCanary) {
   ASSERT_EQ(created.status, 201) << created.body;
   int64_t id = Json(created)["id"];
   auto rollout = [&] { return Json(Call(admin_, "GET", StrCat("/api/v1/admin/rollouts/", id))); };
-  auto wait_for = [&](auto predicate) {
-    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
-    return predicate();
-  };
-  ASSERT_TRUE(wait_for([&] { return rollout()["counts"].value("offered", 0) == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return rollout()["counts"].value("offered", 0) == 1; }));
   ASSERT_EQ(Report(devices[0], 1, "committed", "r1", "r1").status, 200);
   std::this_thread::sleep_for(20ms);
   int batch = 0;
@@ -511,7 +506,7 @@ TEST_F(HubTest, RolloutHaltsOnOutputDriftInTheCanary) {
   // Then they shift.
   drift(0.6);
   drift(0.7);
-  ASSERT_TRUE(wait_for([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
+  ASSERT_TRUE(WaitFor([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
   json gates = rollout()["gates"];
   EXPECT_NE(gates["halt_reason"].get<std::string>().find("output drift"), std::string::npos)
       << gates.dump();
@@ -531,11 +526,7 @@ TEST_F(HubTest, RolloutHaltsWhenADeviceFallsSilentAfterTakingTheRelease) {
   ASSERT_EQ(created.status, 201) << created.body;
   int64_t id = Json(created)["id"];
   auto rollout = [&] { return Json(Call(admin_, "GET", StrCat("/api/v1/admin/rollouts/", id))); };
-  auto wait_for = [&](auto predicate) {
-    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
-    return predicate();
-  };
-  ASSERT_TRUE(wait_for([&] { return rollout()["counts"].value("offered", 0) == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return rollout()["counts"].value("offered", 0) == 1; }));
   ASSERT_EQ(Report(devices[0], 1, "committed", "r1", "r1").status, 200);
   // Soaking, the canary still in touch: no breach.
   std::this_thread::sleep_for(300ms);
@@ -543,7 +534,7 @@ TEST_F(HubTest, RolloutHaltsWhenADeviceFallsSilentAfterTakingTheRelease) {
   EXPECT_TRUE(rollout()["gates"]["offline_after_commit"].empty());
   // Seven minutes without a word from it (others never took r1: not counted).
   skew_ms_ += 7 * 60 * 1000;
-  ASSERT_TRUE(wait_for([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
+  ASSERT_TRUE(WaitFor([&] { return rollout()["state"] == "halted"; })) << rollout().dump();
   json gates = rollout()["gates"];
   EXPECT_NE(gates["halt_reason"].get<std::string>().find("went offline after taking the release"),
             std::string::npos)
@@ -655,14 +646,10 @@ TEST_F(HubTest, ARolloutPausedBeforeItsFirstWaveStartsItWhenResumed) {
   // (a "running" rollout with no device offered would wait forever).
   EXPECT_EQ(rollout()["state"], "pending");
   StartHub(50ms);
-  auto wait_for = [&](auto predicate) {
-    for (int i = 0; i < 100 && !predicate(); ++i) std::this_thread::sleep_for(50ms);
-    return predicate();
-  };
-  ASSERT_TRUE(wait_for([&] { return rollout()["counts"].value("offered", 0) == 1; }))
+  ASSERT_TRUE(WaitFor([&] { return rollout()["counts"].value("offered", 0) == 1; }))
       << rollout().dump();
   ASSERT_EQ(Report(device, 1, "committed", "r1", "r1").status, 200);
-  EXPECT_TRUE(wait_for([&] { return rollout()["state"] == "completed"; })) << rollout().dump();
+  EXPECT_TRUE(WaitFor([&] { return rollout()["state"] == "completed"; })) << rollout().dump();
 }
 
 }  // namespace
