@@ -213,6 +213,10 @@ void Pipeline::SourceLoop() {
     return stopping_;
   };
   bool failed = false;
+  // source.max_fps: reads are spaced at least `period` apart.
+  const auto period = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(config_.source.max_fps > 0 ? 1 / config_.source.max_fps : 0));
+  auto next_read = std::chrono::steady_clock::now();
   while (!stopping()) {
     if (!open) {
       absl::Status status = source_->Open();
@@ -245,6 +249,11 @@ void Pipeline::SourceLoop() {
       Fail(std::string(MessageOf(status)));
       failed = true;
       break;
+    }
+    if (period.count() > 0) {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (cv_.wait_until(lock, next_read, [&] { return stopping_; })) break;
+      next_read = std::max(next_read + period, std::chrono::steady_clock::now());
     }
     Frame frame;
     {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <initializer_list>
 #include <set>
@@ -163,9 +164,9 @@ class Parser {
   }
 
   absl::Status Source(const YAML::Node& node, SourceConfig& out) {
-    RETURN_IF_ERROR(CheckMap(
-        node, "source",
-        {"type", "path", "url", "loop", "queue_size", "drop", "reconnect", "read_timeout_ms"}));
+    RETURN_IF_ERROR(CheckMap(node, "source",
+                             {"type", "path", "url", "loop", "max_fps", "queue_size", "drop",
+                              "reconnect", "read_timeout_ms"}));
     if (!node["type"]) return Error("source.type", "required (image, folder, video, camera, url)");
     ASSIGN_OR_RETURN(size_t type, Choice(node["type"], "source.type",
                                          {"image", "folder", "video", "camera", "url"}));
@@ -193,6 +194,9 @@ class Parser {
     if (node["loop"]) {
       if (live) return Error("source.loop", "only for image, folder and video sources");
       ASSIGN_OR_RETURN(out.loop, Bool(node["loop"], "source.loop"));
+    }
+    if (node["max_fps"]) {
+      ASSIGN_OR_RETURN(out.max_fps, Double(node["max_fps"], "source.max_fps", 0, 1000));
     }
     if (node["queue_size"]) {
       ASSIGN_OR_RETURN(int64_t q, Int(node["queue_size"], "source.queue_size", 1, 1024));
@@ -373,10 +377,27 @@ class Parser {
             CheckMap(node, key, {"type", "url", "retries", "timeout_ms", "backoff_ms"}));
         break;
       case SinkType::kQueue:
-        RETURN_IF_ERROR(CheckMap(node, key, {"type", "path", "max_rows"}));
+        RETURN_IF_ERROR(CheckMap(node, key, {"type", "path", "max_rows", "upload"}));
         break;
     }
-    if (out.type == SinkType::kJsonl || out.type == SinkType::kQueue) {
+    if (node["upload"]) {
+      ASSIGN_OR_RETURN(out.upload, Bool(node["upload"], StrCat(key, ".upload")));
+    }
+    if (out.upload) {
+      // The queue outpost-agent drains into its telemetry queue: the agent
+      // names it in the runtime's environment.
+      if (node["path"]) {
+        return Error(StrCat(key, ".path"),
+                     "not used with upload: true (the agent names the queue)");
+      }
+      const char* upload_queue = std::getenv("OUTPOST_UPLOAD_QUEUE");
+      if (upload_queue == nullptr || *upload_queue == '\0') {
+        return Error(StrCat(key, ".upload"),
+                     "OUTPOST_UPLOAD_QUEUE is not set (outpost-agent sets it for the runtime it "
+                     "supervises; without an agent, give a path instead)");
+      }
+      out.path = upload_queue;
+    } else if (out.type == SinkType::kJsonl || out.type == SinkType::kQueue) {
       if (!node["path"]) return Error(StrCat(key, ".path"), "required");
       ASSIGN_OR_RETURN(out.path, String(node["path"], StrCat(key, ".path")));
       out.path = Path(out.path);

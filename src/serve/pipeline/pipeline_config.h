@@ -25,6 +25,8 @@ struct SourceConfig {
   std::string path;   // image, folder, video: a file or folder; camera: /dev/videoN
   std::string url;    // url: rtsp://, http://, https://
   bool loop = false;  // files: start again at the end instead of finishing
+  // At most this many frames per second are read (0: as fast as they come).
+  double max_fps = 0;
   // Frames held between the source and pre-processing. When full, a live
   // source (camera, url) drops the oldest frame; a file source waits.
   int queue_size = 2;
@@ -88,6 +90,9 @@ struct SinkConfig {
   std::chrono::milliseconds timeout{5000};
   std::chrono::milliseconds backoff{200};  // webhook: first retry delay, doubled each time
   int64_t max_rows = 100000;               // queue: oldest rows dropped (and counted) past this
+  // queue: the results go to the queue outpost-agent ships to its hub
+  // (path = $OUTPOST_UPLOAD_QUEUE, docs/agent.md "Pipeline results").
+  bool upload = false;
 };
 
 struct PipelineConfig {

@@ -187,5 +187,82 @@ TEST(PipelineConfigTest, LoadNamesAMissingFile) {
   EXPECT_THAT(MessageOf(c.status()), HasSubstr("/nonexistent/p.yaml"));
 }
 
+TEST(PipelineConfigTest, MaxFpsPacesTheSource) {
+  absl::StatusOr<PipelineConfig> c = Parse(R"(
+name: demo
+source: {type: folder, path: frames, loop: true, max_fps: 12.5}
+model: m
+postprocess: {type: classification}
+sinks: [{type: stdout}]
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->source.max_fps, 12.5);
+  EXPECT_DOUBLE_EQ(Parse(kMinimal)->source.max_fps, 0);  // unpaced by default
+  EXPECT_THAT(ErrorOf(R"(
+name: demo
+source: {type: folder, path: frames, max_fps: -1}
+model: m
+postprocess: {type: classification}
+sinks: [{type: stdout}]
+)"),
+              HasSubstr("source.max_fps"));
+}
+
+// Scoped OUTPOST_UPLOAD_QUEUE (unset when `value` is null).
+class UploadQueueEnv {
+ public:
+  explicit UploadQueueEnv(const char* value) {
+    if (value)
+      setenv("OUTPOST_UPLOAD_QUEUE", value, 1);
+    else
+      unsetenv("OUTPOST_UPLOAD_QUEUE");
+  }
+  ~UploadQueueEnv() { unsetenv("OUTPOST_UPLOAD_QUEUE"); }
+};
+
+constexpr std::string_view kUpload = R"(
+name: door
+source: {type: video, path: door.avi}
+model: m
+postprocess: {type: classification}
+sinks: [{type: queue, upload: true, max_rows: 50}, {type: queue, path: local.db}]
+)";
+
+TEST(PipelineConfigTest, UploadQueueIsTheOneTheAgentNames) {
+  UploadQueueEnv env("/var/lib/outpost/agent/results.db");
+  absl::StatusOr<PipelineConfig> c = Parse(kUpload);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->sinks.size(), 2u);
+  EXPECT_TRUE(c->sinks[0].upload);
+  EXPECT_EQ(c->sinks[0].path, "/var/lib/outpost/agent/results.db");
+  EXPECT_EQ(c->sinks[0].max_rows, 50);
+  EXPECT_FALSE(c->sinks[1].upload);  // a queue of its own: not shipped
+  EXPECT_EQ(c->sinks[1].path, "/etc/outpost/local.db");
+}
+
+TEST(PipelineConfigTest, UploadNeedsAnAgentAndNoPath) {
+  {
+    UploadQueueEnv env(nullptr);
+    EXPECT_THAT(ErrorOf(kUpload), HasSubstr("OUTPOST_UPLOAD_QUEUE is not set"));
+  }
+  UploadQueueEnv env("/tmp/results.db");
+  EXPECT_THAT(ErrorOf(R"(
+name: door
+source: {type: video, path: door.avi}
+model: m
+postprocess: {type: classification}
+sinks: [{type: queue, upload: true, path: x.db}]
+)"),
+              HasSubstr("sinks[0].path"));
+  EXPECT_THAT(ErrorOf(R"(
+name: door
+source: {type: video, path: door.avi}
+model: m
+postprocess: {type: classification}
+sinks: [{type: jsonl, path: x.jsonl, upload: true}]
+)"),
+              HasSubstr("upload"));
+}
+
 }  // namespace
 }  // namespace outpost::serve::pipeline
