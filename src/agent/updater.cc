@@ -160,6 +160,20 @@ absl::Status CopyFileDurably(const fs::path& from, const fs::path& to) {
 
 // --- sources ---
 
+std::vector<fs::path> ReleasePipelines(const fs::path& slot_dir) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(slot_dir / "config", ec)) {
+    if (entry.is_regular_file(ec) && entry.path().filename().string().ends_with(".pipeline.yaml")) {
+      files.push_back(entry.path());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+fs::path UploadQueuePath(const fs::path& state_dir) { return state_dir / "results.db"; }
+
 absl::StatusOr<std::optional<UpdateOffer>> LocalFolderSource::Next(
     const std::vector<std::string>& handled) {
   std::error_code ec;
@@ -323,6 +337,11 @@ absl::StatusOr<std::unique_ptr<Updater::Runtime>> Updater::StartRuntime(const st
   o.argv = {
       binary.string(), "--model-repository",       (dir / "models").string(), "--http-port", "0",
       "--port-file",   runtime->port_file.string()};
+  for (const fs::path& pipeline : ReleasePipelines(dir)) {
+    o.argv.push_back("--pipeline");
+    o.argv.push_back(pipeline.string());
+  }
+  o.env.push_back(StrCat("OUTPOST_UPLOAD_QUEUE=", UploadQueuePath(options_.state_dir).string()));
   o.working_dir = dir;
   o.log_file = store_->logs_dir() / StrCat("serve-", slot, ".log");
   o.backoff_initial = options_.restart_backoff;

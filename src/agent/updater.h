@@ -156,6 +156,14 @@ class HttpBundleSource : public UpdateSource {
 std::filesystem::path BundleDownloadPath(const std::filesystem::path& downloads_dir,
                                          const UpdateOffer& offer);
 
+// The release's pipelines (docs/agent.md "Pipeline results"): the files
+// `<slot>/config/*.pipeline.yaml`, in name order, which outpost-serve runs
+// with `--pipeline`.
+std::vector<std::filesystem::path> ReleasePipelines(const std::filesystem::path& slot_dir);
+// The queue the release's `upload: true` sinks write and the agent ships:
+// `<state>/results.db`, named to the runtime by OUTPOST_UPLOAD_QUEUE.
+std::filesystem::path UploadQueuePath(const std::filesystem::path& state_dir);
+
 struct UpdaterOptions {
   std::filesystem::path state_dir;
   std::filesystem::path trust_dir;  // *.pub files (bundle::TrustStore)
