@@ -281,6 +281,11 @@ void HubLink::ReporterLoop() {
         absl::StatusOr<size_t> imported =
             queue->ImportOutbox(options_.state_dir / "telemetry-outbox", now_ms);
         if (!imported.ok()) spdlog::error("telemetry outbox: {}", MessageOf(imported.status()));
+        // Pipeline results marked for upload, once per interval: no thread
+        // or timer of their own.
+        absl::StatusOr<size_t> results =
+            queue->ImportResults(UploadQueuePath(options_.state_dir), now_ms);
+        if (!results.ok()) spdlog::error("telemetry: {}", MessageOf(results.status()));
       }
     }
     if (queue != nullptr) ShipTelemetry(*queue, reporter.client());

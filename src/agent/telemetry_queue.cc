@@ -8,6 +8,7 @@
 #include <random>
 
 #include "common/atomic_file.h"
+#include "common/fault_injection.h"
 
 namespace outpost::agent {
 namespace {
@@ -435,6 +436,127 @@ absl::StatusOr<size_t> TelemetryQueue::ImportOutbox(const fs::path& dir, int64_t
     Stmt forget(db_, "DELETE FROM imported WHERE name = ?");
     forget.Bind(1, name);
     forget.Step();
+  }
+  return imported;
+}
+
+namespace {
+
+// The results database of outpost-serve's upload sinks, closed on scope exit.
+class ResultsDb {
+ public:
+  ~ResultsDb() { sqlite3_close(db_); }
+  absl::Status Open(const fs::path& path) {
+    path_ = path.string();
+    if (sqlite3_open_v2(path_.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                        nullptr) != SQLITE_OK) {
+      return Error("cannot open");
+    }
+    sqlite3_busy_timeout(db_, 5000);
+    return absl::OkStatus();
+  }
+  sqlite3* db() const { return db_; }
+  absl::Status Error(std::string_view what) const {
+    return absl::InternalError(StrCat("pipeline results ", path_, ": ", what, ": ",
+                                      db_ ? sqlite3_errmsg(db_) : "out of memory"));
+  }
+  absl::Status Exec(const char* sql) const {
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return Error(sql);
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+constexpr int64_t kResultsPerTransaction = 500;
+
+}  // namespace
+
+absl::StatusOr<size_t> TelemetryQueue::ImportResults(const fs::path& results_db, int64_t now_ms) {
+  std::error_code ec;
+  if (!fs::exists(results_db, ec)) return 0;
+  ResultsDb results;
+  RETURN_IF_ERROR(results.Open(results_db));
+  {
+    Stmt table(results.db(),
+               "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'results'");
+    int rc = table.Step();
+    if (rc == SQLITE_DONE) return 0;  // the sink has not created it yet
+    if (rc != SQLITE_ROW) return results.Error("read schema");
+  }
+  // Which file this is: a results file made anew restarts its ids at 1.
+  RETURN_IF_ERROR(results.Exec("CREATE TABLE IF NOT EXISTS upload_epoch (epoch TEXT NOT NULL)"));
+  std::string file_epoch;
+  {
+    Stmt read(results.db(), "SELECT epoch FROM upload_epoch LIMIT 1");
+    if (read.Step() == SQLITE_ROW) file_epoch = read.Text(0);
+  }
+  if (file_epoch.empty()) {
+    std::mt19937_64 rng(std::random_device{}());
+    file_epoch = StrCat(rng());
+    Stmt write(results.db(), "INSERT INTO upload_epoch (epoch) VALUES (?)");
+    write.Bind(1, file_epoch);
+    if (write.Step() != SQLITE_DONE) return results.Error("write upload_epoch");
+  }
+  ASSIGN_OR_RETURN(std::optional<std::string> known_epoch, GetMeta(db_, "results_epoch"));
+  if (known_epoch != file_epoch) {
+    Transaction tx(db_);
+    RETURN_IF_ERROR(tx.Begin());
+    RETURN_IF_ERROR(SetMeta(db_, "results_epoch", file_epoch));
+    RETURN_IF_ERROR(SetInt(db_, "results_last_id", 0));
+    RETURN_IF_ERROR(tx.Commit());
+  }
+  ASSIGN_OR_RETURN(int64_t last, GetInt(db_, "results_last_id"));
+  Stmt select(
+      results.db(),
+      "SELECT id, pipeline, created_ms, body FROM results WHERE id > ? ORDER BY id LIMIT ?");
+  Stmt remove(results.db(), "DELETE FROM results WHERE id <= ?");
+  if (!select.ok() || !remove.ok()) return results.Error("prepare");
+  size_t imported = 0;
+  std::vector<json> samples;
+  while (true) {
+    samples.clear();
+    int64_t chunk_last = last;
+    select.Bind(1, last).Bind(2, kResultsPerTransaction);
+    int rc;
+    while ((rc = select.Step()) == SQLITE_ROW) {
+      chunk_last = select.Int(0);
+      json labels = {{"pipeline", select.Text(1)}};
+      const std::string body = select.Text(3);
+      if (body.size() > kMaxResultBytes) {
+        labels["oversize_bytes"] = body.size();
+      } else {
+        json parsed = json::parse(body, nullptr, false);
+        labels["result"] = parsed.is_discarded() ? json(body) : std::move(parsed);
+      }
+      samples.push_back({{"metric", "pipeline_result"},
+                         {"value", 1},
+                         {"labels", std::move(labels)},
+                         {"time_ms", select.Int(2)}});
+    }
+    select.Reset();
+    if (rc != SQLITE_DONE) return results.Error("read results");
+    if (!samples.empty()) {
+      Transaction tx(db_);
+      RETURN_IF_ERROR(tx.Begin());
+      RETURN_IF_ERROR(InsertSamples(db_, samples, Priority::kRoutine));
+      RETURN_IF_ERROR(SetInt(db_, "results_last_id", chunk_last));
+      RETURN_IF_ERROR(EnforceBounds(now_ms));
+      RETURN_IF_ERROR(tx.Commit());
+      imported += samples.size();
+      last = chunk_last;
+    }
+    // A crash before this leaves rows <= last behind: deleted next time,
+    // never imported again.
+    OUTPOST_CRASH_AT("telemetry.results_imported");
+    if (last > 0) {
+      remove.Bind(1, last);
+      if (remove.Step() != SQLITE_DONE) return results.Error("delete imported results");
+      remove.Reset();
+    }
+    if (samples.size() < static_cast<size_t>(kResultsPerTransaction)) break;
   }
   return imported;
 }

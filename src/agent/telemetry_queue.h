@@ -97,6 +97,20 @@ class TelemetryQueue {
   // `<dir>/rejected/` and logged. Returns the number of samples imported.
   absl::StatusOr<size_t> ImportOutbox(const std::filesystem::path& dir, int64_t now_ms);
 
+  // Moves the pipeline results in `results_db` (outpost-serve's `upload:
+  // true` queue sinks: table results(id, pipeline, created_ms, body)) into
+  // this queue as routine samples `pipeline_result` (value 1, time_ms =
+  // created_ms, labels {"pipeline", "result": the result object}; a body
+  // over kMaxResultBytes ships as labels {"pipeline", "oversize_bytes"}), in
+  // id order, then deletes them from `results_db`. Exactly once across
+  // crashes: the last imported id is recorded in the same transaction as
+  // the samples, and rows at or below it are only deleted, never imported
+  // again. A results file created anew (its random `upload_epoch` differs
+  // from the recorded one) starts over from id 0. No file or no table yet:
+  // 0. Returns the number of results imported.
+  static constexpr size_t kMaxResultBytes = 64u << 10;
+  absl::StatusOr<size_t> ImportResults(const std::filesystem::path& results_db, int64_t now_ms);
+
   // A persisted integer (e.g. the last history seq turned into events);
   // 0 when unset.
   absl::StatusOr<int64_t> GetCounter(const std::string& key);

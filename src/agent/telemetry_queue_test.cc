@@ -1,6 +1,7 @@
 #include "agent/telemetry_queue.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -250,6 +251,161 @@ TEST_F(TelemetryQueueTest, NotADatabaseIsAnError) {
   auto queue = TelemetryQueue::Open({.path = dir_ / "telemetry.db"});
   ASSERT_FALSE(queue.ok());
   EXPECT_NE(MessageOf(queue.status()).find("telemetry.db"), std::string_view::npos);
+}
+
+// outpost-serve's `upload: true` queue sink, as docs/pipelines.md defines
+// its table (the agent reads that contract, not the sink's code).
+class ResultsFile {
+ public:
+  explicit ResultsFile(const fs::path& path) {
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db_), SQLITE_OK);
+    Exec("PRAGMA journal_mode=WAL");
+    Exec(
+        "CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "pipeline TEXT NOT NULL, created_ms INTEGER NOT NULL, body TEXT NOT NULL)");
+  }
+  ~ResultsFile() { sqlite3_close(db_); }
+  void Exec(const std::string& sql) {
+    char* error = nullptr;
+    EXPECT_EQ(sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &error), SQLITE_OK)
+        << (error ? error : "") << " in " << sql;
+    sqlite3_free(error);
+  }
+  // Results {"frame": {"index": i}} for i in [from, from + count).
+  void Add(int from, int count, const std::string& pipeline = "door") {
+    Exec("BEGIN");
+    for (int i = from; i < from + count; ++i) {
+      Exec(StrCat("INSERT INTO results (pipeline, created_ms, body) VALUES ('", pipeline, "', ",
+                  kNow + i, ", '{\"frame\":{\"index\":", i, "}}')"));
+    }
+    Exec("COMMIT");
+  }
+  int64_t Count() {
+    sqlite3_stmt* stmt = nullptr;
+    sqlite3_prepare_v2(db_, "SELECT COUNT(*) FROM results", -1, &stmt, nullptr);
+    int64_t n = sqlite3_step(stmt) == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+    sqlite3_finalize(stmt);
+    return n;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+// The frame indexes of the pipeline_result samples, in queue order.
+std::vector<int> ResultIndexes(TelemetryQueue& queue) {
+  std::vector<int> indexes;
+  uint64_t last_seq = 0;
+  while (true) {
+    auto batch = queue.NextBatch();
+    EXPECT_TRUE(batch.ok());
+    if (!batch.ok() || !batch->has_value()) break;
+    for (const json& s : (*batch)->samples) {
+      EXPECT_GT(s["seq"].get<uint64_t>(), last_seq);
+      last_seq = s["seq"].get<uint64_t>();
+      if (s["metric"] != "pipeline_result") continue;
+      const int index = s["labels"]["result"]["frame"]["index"].get<int>();
+      EXPECT_EQ(s["value"], 1);
+      EXPECT_EQ(s["labels"]["pipeline"], "door");
+      EXPECT_EQ(s["time_ms"].get<int64_t>(), kNow + index);  // when the result was written
+      indexes.push_back(index);
+    }
+    EXPECT_TRUE(queue.Acknowledge((*batch)->batch_id).ok());
+  }
+  return indexes;
+}
+
+std::vector<int> Range(int from, int count) {
+  std::vector<int> out;
+  for (int i = from; i < from + count; ++i) out.push_back(i);
+  return out;
+}
+
+TEST_F(TelemetryQueueTest, PipelineResultsMoveOverOnceInOrder) {
+  auto queue = Open();
+  const fs::path path = dir_ / "results.db";
+  EXPECT_EQ(*queue->ImportResults(path, kNow), 0u);  // no file yet: nothing to do
+  EXPECT_FALSE(fs::exists(path));                    // and none is created
+  ResultsFile results(path);
+  results.Add(0, 1234);  // more than one transaction's worth
+  absl::StatusOr<size_t> imported = queue->ImportResults(path, kNow);
+  ASSERT_TRUE(imported.ok()) << MessageOf(imported.status());
+  EXPECT_EQ(*imported, 1234u);
+  EXPECT_EQ(results.Count(), 0);  // moved, not copied
+  results.Add(1234, 10);
+  EXPECT_EQ(*queue->ImportResults(path, kNow), 10u);
+  EXPECT_EQ(*queue->ImportResults(path, kNow), 0u);
+  EXPECT_EQ(ResultIndexes(*queue), Range(0, 1244));
+}
+
+// A crash after the samples were queued but before the rows were deleted
+// leaves them in the results file: the next import deletes them and
+// imports nothing twice; a reopened queue remembers where it was.
+TEST_F(TelemetryQueueTest, ResultsLeftBehindByACrashAreNotImportedTwice) {
+  const fs::path path = dir_ / "results.db";
+  ResultsFile results(path);
+  {
+    auto queue = Open();
+    results.Add(0, 5);
+    EXPECT_EQ(*queue->ImportResults(path, kNow), 5u);
+  }
+  // The state right after the crash: the same rows, the same ids, still there.
+  results.Exec("BEGIN");
+  for (int i = 0; i < 5; ++i) {
+    results.Exec(StrCat("INSERT INTO results (id, pipeline, created_ms, body) VALUES (", i + 1,
+                        ", 'door', ", kNow + i, ", '{\"frame\":{\"index\":", i, "}}')"));
+  }
+  results.Exec("COMMIT");
+  results.Add(5, 3);
+  auto queue = Open();
+  EXPECT_EQ(*queue->ImportResults(path, kNow), 3u);
+  EXPECT_EQ(results.Count(), 0);
+  EXPECT_EQ(ResultIndexes(*queue), Range(0, 8));
+}
+
+TEST_F(TelemetryQueueTest, ARecreatedResultsFileStartsOver) {
+  auto queue = Open();
+  const fs::path path = dir_ / "results.db";
+  {
+    ResultsFile results(path);
+    results.Add(0, 4);
+    EXPECT_EQ(*queue->ImportResults(path, kNow), 4u);
+  }
+  fs::remove(path);
+  fs::remove(StrCat(path.string(), "-wal"));
+  fs::remove(StrCat(path.string(), "-shm"));
+  ResultsFile again(path);  // ids start at 1 again
+  again.Add(4, 2);
+  EXPECT_EQ(*queue->ImportResults(path, kNow), 2u);
+  EXPECT_EQ(ResultIndexes(*queue), Range(0, 6));
+}
+
+TEST_F(TelemetryQueueTest, OversizeAndUnparsableResultsStillShip) {
+  auto queue = Open();
+  const fs::path path = dir_ / "results.db";
+  ResultsFile results(path);
+  results.Exec(StrCat("INSERT INTO results (pipeline, created_ms, body) VALUES ('big', 1, '",
+                      std::string(TelemetryQueue::kMaxResultBytes + 1, 'x'), "')"));
+  results.Exec("INSERT INTO results (pipeline, created_ms, body) VALUES ('odd', 2, 'not json')");
+  ASSERT_EQ(*queue->ImportResults(path, kNow), 2u);
+  auto batch = queue->NextBatch();
+  ASSERT_TRUE(batch.ok() && batch->has_value());
+  const json& samples = (*batch)->samples;
+  ASSERT_EQ(samples.size(), 2u);
+  EXPECT_EQ(samples[0]["labels"]["pipeline"], "big");
+  EXPECT_EQ(samples[0]["labels"]["oversize_bytes"], TelemetryQueue::kMaxResultBytes + 1);
+  EXPECT_FALSE(samples[0]["labels"].contains("result"));
+  EXPECT_EQ(samples[1]["labels"]["result"], "not json");
+}
+
+TEST_F(TelemetryQueueTest, AResultsFileThatIsNotADatabaseIsAnError) {
+  auto queue = Open();
+  std::ofstream(dir_ / "results.db")
+      << "this is not SQLite, just long enough to be read as a header";
+  absl::StatusOr<size_t> imported = queue->ImportResults(dir_ / "results.db", kNow);
+  ASSERT_FALSE(imported.ok());
+  EXPECT_NE(MessageOf(imported.status()).find("results.db"), std::string::npos)
+      << MessageOf(imported.status());
 }
 
 }  // namespace

@@ -564,6 +564,26 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
+// A release's pipelines are its config/*.pipeline.yaml files, in name order;
+// other config files are not pipelines.
+TEST(ReleasePipelinesTest, ConfigPipelineFilesInNameOrder) {
+  std::string pattern = (fs::temp_directory_path() / "outpost-slot-XXXXXX").string();
+  ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+  fs::path slot = pattern;
+  EXPECT_TRUE(ReleasePipelines(slot).empty());  // no config/ at all
+  fs::create_directories(slot / "config" / "dir.pipeline.yaml");
+  WriteText(slot / "config" / "b.pipeline.yaml", "name: b\n");
+  WriteText(slot / "config" / "a.pipeline.yaml", "name: a\n");
+  WriteText(slot / "config" / "labels.txt", "red\n");
+  WriteText(slot / "config" / "pipeline.yaml.bak", "name: c\n");
+  std::vector<fs::path> expected = {slot / "config" / "a.pipeline.yaml",
+                                    slot / "config" / "b.pipeline.yaml"};
+  EXPECT_EQ(ReleasePipelines(slot), expected);
+  EXPECT_EQ(UploadQueuePath("/var/lib/outpost"), fs::path("/var/lib/outpost/results.db"));
+  std::error_code ec;
+  fs::remove_all(slot, ec);
+}
+
 // Regression: a failed copy (ENOSPC reported by libstdc++'s copy_file as
 // EIO) used to be returned as success, because the error code was reused
 // for the cleanup; the install then failed later with a misleading io_error.

@@ -70,6 +70,9 @@ inline constexpr std::string_view kCrashPoints[] = {
     "updater.after_rollback",
     // agent/hub_link.cc: a telemetry batch sent, not yet acknowledged
     "telemetry.after_send",
+    // agent/telemetry_queue.cc: pipeline results queued, not yet deleted
+    // from the results database
+    "telemetry.results_imported",
 };
 
 inline constexpr std::string_view kFailWritePoints[] = {
