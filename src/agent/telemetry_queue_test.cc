@@ -384,9 +384,10 @@ TEST_F(TelemetryQueueTest, OversizeAndUnparsableResultsStillShip) {
   auto queue = Open();
   const fs::path path = dir_ / "results.db";
   ResultsFile results(path);
-  results.Exec(StrCat("INSERT INTO results (pipeline, created_ms, body) VALUES ('big', 1, '",
-                      std::string(TelemetryQueue::kMaxResultBytes + 1, 'x'), "')"));
-  results.Exec("INSERT INTO results (pipeline, created_ms, body) VALUES ('odd', 2, 'not json')");
+  results.Exec(StrCat("INSERT INTO results (pipeline, created_ms, body) VALUES ('big', ", kNow,
+                      ", '", std::string(TelemetryQueue::kMaxResultBytes + 1, 'x'), "')"));
+  results.Exec(StrCat("INSERT INTO results (pipeline, created_ms, body) VALUES ('odd', ", kNow,
+                      ", 'not json')"));
   ASSERT_EQ(*queue->ImportResults(path, kNow), 2u);
   auto batch = queue->NextBatch();
   ASSERT_TRUE(batch.ok() && batch->has_value());
