@@ -77,11 +77,17 @@ class Releases:
         self.public_key = os.path.join(self.keys, "release.pub")
         self.paths = {}
 
-    def build(self, release, sequence, model="add_one", version=1, expect=1.0, baseline=None):
+    def build(self, release, sequence, model="add_one", version=1, expect=1.0, baseline=None,
+              extra_models=(), configs=()):
+        """`extra_models`: test models packed whole beside add_one;
+        `configs`: files packed as config/<name> (e.g. *.pipeline.yaml)."""
         src = os.path.join(self.dir, "src-" + release)
         model_dir = os.path.join(src, "models", "add_one", "1")
         os.makedirs(model_dir)
         shutil.copy(os.path.join(self.bins.models, model, str(version), "model.onnx"), model_dir)
+        for extra in extra_models:
+            shutil.copytree(os.path.join(self.bins.models, extra),
+                            os.path.join(src, "models", extra))
         selftest = os.path.join(src, "selftest.json")
         with open(selftest, "w") as f:
             json.dump([{"name": "adds", "model": "add_one",
@@ -93,7 +99,8 @@ class Releases:
         run([self.bins.cli, "bundle", "build", "--models", os.path.join(src, "models"),
              "--self-test", selftest, "--name", release, "--sequence", str(sequence),
              "--out", out, "--sign-key", os.path.join(self.keys, "release.key")]
-            + (["--baseline", baseline] if baseline else []))
+            + (["--baseline", baseline] if baseline else [])
+            + [arg for config in configs for arg in ("--config", config)])
         self.paths[release] = out
         return out
 

@@ -3,11 +3,18 @@
 device"): a real outpost-hub behind a TCP proxy the test can cut, a real
 outpost-agent supervising outpost-serve under inference load.
 
-1. An hour offline: the proxy refuses connections for a simulated hour of
-   heartbeats (3600 s / 10 s = 360 heartbeats at a 0.1 s interval), the
-   agent is SIGKILLed and restarted half way, then the link comes back. Every
-   queued sample must reach the hub exactly once and in order (the device's
-   per-sample seq, stored by the hub), and the backlog drain time is measured.
+1. An hour offline under pipeline load: the release runs a pipeline (a
+   generated folder of coloured images looping through color_classifier at
+   PIPELINE_FPS) whose results are marked for upload (a queue sink with
+   `upload: true`, which the agent moves into its telemetry queue), beside
+   API inference load. The proxy refuses connections for a simulated hour of
+   heartbeats (3600 s / 10 s = 360 heartbeats at a 0.1 s interval); the
+   agent is restarted with SIGTERM a third of the way and SIGKILLed two
+   thirds of the way (its runtime dies with it), then the link comes back.
+   Every queued sample must reach the hub exactly once and in order (the
+   device's per-sample seq, stored by the hub), and so must every pipeline
+   result (checked against a JSON-lines sink of the same pipeline); the
+   backlog drain time and the bytes on the wire are measured.
 2. A crash between sending a batch and recording its acknowledgement
    (OUTPOST_CRASH_AT=telemetry.after_send): the restarted agent re-sends the
    same batch, which the hub stores once.
@@ -17,6 +24,8 @@ outpost-agent supervising outpost-serve under inference load.
 4. Bytes: telemetry bytes per heartbeat on the wire (through the proxy).
 
 Prints a summary (TELEMETRY-RESULT lines) for bench/RESULTS.md.
+
+Environment: that of tests/e2e/fleet.py, plus OUTPOST_PIPELINE_MEDIA_BIN.
 """
 
 import json
@@ -37,6 +46,8 @@ import fleet  # noqa: E402
 INTERVAL_S = 0.1
 SIMULATED_INTERVAL_S = 10  # the interval an hour of these heartbeats stands for
 HOUR_HEARTBEATS = 3600 // SIMULATED_INTERVAL_S
+PIPELINE_FPS = 20
+MEDIA = os.environ.get("OUTPOST_PIPELINE_MEDIA_BIN")
 
 
 class Proxy:
@@ -133,7 +144,28 @@ class TelemetryTest(unittest.TestCase):
         root = cls.tmp.name
         cls.root = root
         cls.releases = fleet.Releases(cls.bins, root)
-        cls.releases.build("r1", 10)
+        # The release's pipeline: coloured images looping through
+        # color_classifier, each result to a JSON-lines file (the test's
+        # record of every result made) and then to the upload queue.
+        frames = os.path.join(root, "frames")
+        os.makedirs(frames)
+        if not MEDIA:
+            raise unittest.SkipTest("OUTPOST_PIPELINE_MEDIA_BIN is not set: run through ctest")
+        for i, colour in enumerate(["red", "green", "blue"]):
+            subprocess.run([MEDIA, "image", os.path.join(frames, f"{i}.png"), "32", "32", colour],
+                           check=True)
+        cls.results_jsonl = os.path.join(root, "results.jsonl")
+        pipeline = os.path.join(root, "colours.pipeline.yaml")
+        with open(pipeline, "w") as f:
+            f.write(f"""name: colours
+source: {{type: folder, path: {frames}, loop: true, max_fps: {PIPELINE_FPS}}}
+model: color_classifier
+postprocess: {{type: classification, top_k: 1}}
+sinks:
+  - {{type: jsonl, path: {cls.results_jsonl}, max_bytes: 1000000000}}
+  - {{type: queue, upload: true}}
+""")
+        cls.releases.build("r1", 10, extra_models=["color_classifier"], configs=[pipeline])
         cls.hub = fleet.Hub(cls.bins, root)
         cls.hub.create_admin_token()
         cls.hub.trust(cls.releases.public_key)
@@ -222,6 +254,57 @@ class TelemetryTest(unittest.TestCase):
         with self.queue_db() as db:
             return db.execute("SELECT COALESCE(MAX(seq), 0) FROM samples").fetchone()[0]
 
+    def hub_results(self):
+        """The device's pipeline results as the hub stored them (seq order):
+        (frame index, frame timestamp_ms)."""
+        with self.hub_db() as db:
+            rows = db.execute(
+                "SELECT labels FROM telemetry_samples WHERE device_id = ? AND "
+                "metric = 'pipeline_result' ORDER BY seq", (self.device.id,)).fetchall()
+        out = []
+        for (labels,) in rows:
+            labels = json.loads(labels)
+            self.assertEqual(labels["pipeline"], "colours")
+            frame = labels["result"]["frame"]
+            out.append((frame["index"], frame["timestamp_ms"]))
+        return out
+
+    def written_results(self):
+        """Every result the pipeline wrote (its JSON-lines sink, written just
+        before the upload queue), in order."""
+        out = []
+        with open(self.results_jsonl) as f:
+            for line in f:
+                try:
+                    frame = json.loads(line)["frame"]
+                except ValueError:
+                    break  # a line being written
+                out.append((frame["index"], frame["timestamp_ms"]))
+        return out
+
+    def assert_results_exactly_once_in_order(self, kills):
+        """The hub's results are the written ones, in order, each once. A
+        runtime killed between its two sinks may leave its last result in
+        the JSON lines only (at most `kills` of those)."""
+        hub, written = self.hub_results(), self.written_results()
+        self.assertTrue(hub, "no pipeline result reached the hub")
+        self.assertEqual(len(hub), len(set(hub)), "a result was stored twice")
+        i = skipped = 0
+        for n, result in enumerate(written):
+            if i == len(hub):
+                break
+            if result == hub[i]:
+                i += 1
+                continue
+            run_ends = n + 1 < len(written) and written[n + 1][0] == 0
+            self.assertTrue(run_ends, f"result {result} (line {n + 1}) is missing at the hub "
+                                      f"(next there: {hub[i]})")
+            skipped += 1
+        self.assertEqual(i, len(hub), f"the hub holds results never written or out of order: "
+                                      f"{hub[i:i + 3]}")
+        self.assertLessEqual(skipped, kills)
+        return len(hub)
+
     def assert_exactly_once_in_order(self):
         seqs = self.hub_seqs()
         self.assertTrue(seqs, "no sample with a seq reached the hub")
@@ -237,18 +320,28 @@ class TelemetryTest(unittest.TestCase):
 
     # --- tests -------------------------------------------------------------
 
+    def queued_results(self):
+        with self.queue_db() as db:
+            return db.execute("SELECT COUNT(*) FROM samples WHERE body LIKE "
+                              "'%\"metric\":\"pipeline_result\"%'").fetchone()[0]
+
     def test_1_an_hour_offline_arrives_exactly_once_in_order(self):
         fleet.wait_for(lambda: self.hub_max_seq() > 50, 60, "telemetry reaching the hub")
+        fleet.wait_for(lambda: len(self.hub_results()) > 10, 60, "pipeline results on the hub")
         self.proxy.block()
         offline_at = time.monotonic()
         sent_before = self.hub_max_seq()
-        half = HOUR_HEARTBEATS // 2
+        results_before = len(self.hub_results())
 
         def queued(n):
             self.check_agent()
             return self.queued_heartbeats() >= n
-        fleet.wait_for(lambda: queued(half), 300, f"{half} heartbeats queued offline", 0.5)
-        self.device.kill()  # SIGKILL half way through the outage
+        third = HOUR_HEARTBEATS // 3
+        fleet.wait_for(lambda: queued(third), 300, f"{third} heartbeats queued offline", 0.5)
+        self.device.stop()  # a clean restart a third of the way through
+        self.device.start()
+        fleet.wait_for(lambda: queued(2 * third), 300, f"{2 * third} heartbeats queued", 0.5)
+        self.device.kill()  # and SIGKILL two thirds of the way
         self.device.start()
         fleet.wait_for(lambda: queued(HOUR_HEARTBEATS), 300,
                        f"{HOUR_HEARTBEATS} heartbeats queued offline", 0.5)
@@ -257,23 +350,37 @@ class TelemetryTest(unittest.TestCase):
         with self.queue_db() as db:
             backlog_samples, backlog_bytes = db.execute(
                 "SELECT COUNT(*), SUM(bytes) FROM samples").fetchone()
+        backlog_results = self.queued_results()
+        self.assertGreater(backlog_results, 100, "the pipeline's results were not queued")
         self.assertEqual(self.hub_max_seq(), sent_before, "samples got through the outage")
 
         self.proxy.unblock()
+        up0, down0 = self.proxy.counters()
         online_at = time.monotonic()
         fleet.wait_for(lambda: self.hub_max_seq() >= backlog_seq, 300, "the backlog drained", 0.2)
         drain_s = time.monotonic() - online_at
+        up1, down1 = self.proxy.counters()
         seqs = self.assert_exactly_once_in_order()
+        results = self.assert_results_exactly_once_in_order(kills=2)
         with self.hub_db() as db:
             dropped = db.execute("SELECT COUNT(*) FROM telemetry_samples WHERE device_id = ? AND "
                                  "metric = 'telemetry_dropped'", (self.device.id,)).fetchone()[0]
         self.assertEqual(dropped, 0)
+        # The admin API serves them as telemetry (docs/device-api.md).
+        status, body = self.hub.api(
+            "GET", f"/api/v1/admin/telemetry?metric=pipeline_result&device={self.device.id}"
+                   f"&source=raw&step=3600")
+        self.assertEqual(status, 200, body)
+        self.assertTrue(body["series"], body)
+        self.assertEqual(body["series"][0]["labels"]["pipeline"], "colours")
         self.results.append(
-            f"offline {offline_s:.1f} s: {backlog_samples} "
-            f"queued samples ({backlog_bytes} bytes of JSON) from {HOUR_HEARTBEATS}+ heartbeats "
-            f"(an hour at a {SIMULATED_INTERVAL_S} s interval), agent SIGKILLed half way; "
-            f"drained in {drain_s:.2f} s after the link came back; hub holds seq 1..{seqs[-1]} "
-            f"exactly once, in order")
+            f"offline {offline_s:.1f} s: {backlog_samples} queued samples ({backlog_bytes} bytes "
+            f"of JSON) from {HOUR_HEARTBEATS}+ heartbeats (an hour at a {SIMULATED_INTERVAL_S} s "
+            f"interval) and {backlog_results} pipeline results ({PIPELINE_FPS} frames/s), agent "
+            f"restarted (SIGTERM) a third and SIGKILLed two thirds of the way; drained in "
+            f"{drain_s:.2f} s after the link came back ({(up1 - up0 + down1 - down0) / 1000:.0f} "
+            f"kB on the wire); hub holds seq 1..{seqs[-1]} exactly once, in order, and "
+            f"{results - results_before}+ results of the outage, each once, in order")
 
     def test_2_crash_between_send_and_ack_is_deduplicated(self):
         fleet.wait_for(lambda: self.hub_max_seq() > 0, 60, "telemetry reaching the hub")
@@ -333,6 +440,7 @@ class TelemetryTest(unittest.TestCase):
                 rows = db.execute(
                     "SELECT metric, value FROM telemetry_samples WHERE device_id = ? AND "
                     "device_time > ? AND metric IN ('drift_psi', 'score_mean', 'score_p50') "
+                    "AND labels LIKE '%\"add_one\"%' "  # not r1's pipeline model
                     "ORDER BY rowid DESC LIMIT 30", (self.device.id, started)).fetchall()
             latest = {}
             for metric, value in rows:
