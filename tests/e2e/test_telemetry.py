@@ -303,6 +303,18 @@ sinks:
         self.assertEqual(i, len(hub), f"the hub holds results never written or out of order: "
                                       f"{hub[i:i + 3]}")
         self.assertLessEqual(skipped, kills)
+        # source.max_fps paces the looped folder: no run reads faster.
+        runs, run = [], []
+        for index, t in written:
+            if index == 0 and run:
+                runs.append(run)
+                run = []
+            run.append(t)
+        runs.append(run)
+        for run in runs:
+            if len(run) > 20:
+                fps = (len(run) - 1) / ((run[-1] - run[0]) / 1000)
+                self.assertLessEqual(fps, PIPELINE_FPS * 1.05, "max_fps was not kept")
         return len(hub)
 
     def assert_exactly_once_in_order(self):
