@@ -1302,26 +1302,32 @@ class SqlStore final : public Store {
                                          {from, up_to}));
       const int64_t folded = n.rows.at(0).Int(0);
       if (folded > 0) {
+        // A pipeline result's labels hold the result itself (unique per
+        // sample): its rollup keeps only the pipeline's name, so rollups
+        // stay one row per pipeline and bucket.
+        const std::string pipeline_label = c.dialect() == sql::Dialect::kPostgres
+                                               ? "to_json(labels::json->>'pipeline')::text"
+                                               : "json_quote(json_extract(labels, '$.pipeline'))";
+        const std::string fold = StrCat(
+            "INSERT INTO telemetry_rollups (resolution_ms, device_id, metric, labels, "
+            "release_id, model_version, bucket_start, sample_count, value_sum, value_min, "
+            "value_max) SELECT $1, device_id, metric, "
+            "CASE WHEN metric = 'pipeline_result' THEN '{\"pipeline\":' || COALESCE(",
+            pipeline_label,
+            ", 'null') || '}' ELSE labels END, release_id, model_version, "
+            "(device_time / $1) * $1, COUNT(*), SUM(value), MIN(value), MAX(value) "
+            "FROM telemetry_samples WHERE received_at >= $2 AND received_at < $3 "
+            "GROUP BY 2, 3, 4, 5, 6, 7 "
+            "ON CONFLICT (resolution_ms, metric, device_id, labels, release_id, "
+            "model_version, bucket_start) DO UPDATE SET "
+            "sample_count = telemetry_rollups.sample_count + excluded.sample_count, "
+            "value_sum = telemetry_rollups.value_sum + excluded.value_sum, "
+            "value_min = CASE WHEN excluded.value_min < telemetry_rollups.value_min "
+            "THEN excluded.value_min ELSE telemetry_rollups.value_min END, "
+            "value_max = CASE WHEN excluded.value_max > telemetry_rollups.value_max "
+            "THEN excluded.value_max ELSE telemetry_rollups.value_max END");
         for (int64_t resolution : resolutions_ms) {
-          RETURN_IF_ERROR(
-              c.Query(
-                   "INSERT INTO telemetry_rollups (resolution_ms, device_id, metric, labels, "
-                   "release_id, model_version, bucket_start, sample_count, value_sum, value_min, "
-                   "value_max) "
-                   "SELECT $1, device_id, metric, labels, release_id, model_version, "
-                   "(device_time / $1) * $1, COUNT(*), SUM(value), MIN(value), MAX(value) "
-                   "FROM telemetry_samples WHERE received_at >= $2 AND received_at < $3 "
-                   "GROUP BY 2, 3, 4, 5, 6, 7 "
-                   "ON CONFLICT (resolution_ms, metric, device_id, labels, release_id, "
-                   "model_version, bucket_start) DO UPDATE SET "
-                   "sample_count = telemetry_rollups.sample_count + excluded.sample_count, "
-                   "value_sum = telemetry_rollups.value_sum + excluded.value_sum, "
-                   "value_min = CASE WHEN excluded.value_min < telemetry_rollups.value_min "
-                   "THEN excluded.value_min ELSE telemetry_rollups.value_min END, "
-                   "value_max = CASE WHEN excluded.value_max > telemetry_rollups.value_max "
-                   "THEN excluded.value_max ELSE telemetry_rollups.value_max END",
-                   {resolution, from, up_to})
-                  .status());
+          RETURN_IF_ERROR(c.Query(fold, {resolution, from, up_to}).status());
         }
       }
       RETURN_IF_ERROR(c.Query("UPDATE counters SET value = $1 WHERE name = "

@@ -992,6 +992,40 @@ TEST_P(StoreTest, RollupsFoldEachSampleOnceAndLateSamplesLandInTheirOldBucket) {
   EXPECT_EQ(last["dev-2"], 20 * kMin);
 }
 
+TEST_P(StoreTest, PipelineResultsRollUpByPipelineNotByResult) {
+  AddDevice("dev-1", "site-a");
+  constexpr int64_t kMin = 60'000;
+  TelemetryBatch batch{"dev-1", "b-1", 10 * kMin, {}, "r1", "cls/1"};
+  for (int i = 0; i < 6; ++i) {
+    batch.samples.push_back(
+        {"pipeline_result", i * 1000, 1,
+         StrCat(R"({"pipeline":")", i % 2 ? "door" : "shelf", R"(","result":{"frame":)", i, "}}")});
+  }
+  batch.samples.push_back({"pipeline_result", 7000, 1, R"({"result":{"frame":7}})"});
+  batch.samples.push_back({"temperature_c", 0, 40, R"({"zone":"a"})"});
+  batch.samples.push_back({"temperature_c", 0, 41, R"({"zone":"b"})"});
+  ASSERT_OK(store_->InsertTelemetryBatch(batch));
+  ASSERT_OK_AND_ASSIGN(int64_t folded, store_->RollUpTelemetry({5 * kMin}, 11 * kMin));
+  EXPECT_EQ(folded, 9);
+  SeriesQuery q;
+  q.metric = "pipeline_result";
+  q.resolution_ms = 5 * kMin;
+  q.step_ms = 5 * kMin;
+  ASSERT_OK_AND_ASSIGN(std::vector<SeriesPoint> points, store_->QueryTelemetrySeries(q));
+  // One series per pipeline (door 3, shelf 3, none 1) where the raw
+  // samples make one per result.
+  ASSERT_EQ(points.size(), 3u);
+  int64_t count = 0;
+  for (const SeriesPoint& p : points) count += p.count;
+  EXPECT_EQ(count, 7);
+  q.resolution_ms = 0;
+  EXPECT_EQ(store_->QueryTelemetrySeries(q)->size(), 7u);
+  // Rows: door, shelf and the result without a pipeline; the other
+  // metrics keep their labels (two temperature zones).
+  ASSERT_OK_AND_ASSIGN(int64_t rows, store_->DeleteRollupsBefore(5 * kMin, 60 * kMin));
+  EXPECT_EQ(rows, 3 + 2);
+}
+
 TEST_P(StoreTest, AlertEvaluationsOpenUpdateAndResolveEpisodes) {
   const std::vector<std::string> rules = {"device_offline", "temperature_high"};
   AlertObservation hot{"temperature_high", "dev-1", "warning", "site-a", 90, 85, "hot"};
