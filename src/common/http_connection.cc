@@ -809,11 +809,10 @@ struct HttpConnection::Impl {
       }
     }
     // The server answered but could not take the whole body: do not reuse.
-    if (write_error || !message.keep_alive() || buffer.size() != 0) {
-      Close();
-    } else {
-      RememberSession();
-    }
+    // The TLS session outlives the connection: a server that closes it
+    // (Connection: close, idle timeout) is resumed with on the next one.
+    RememberSession();
+    if (write_error || !message.keep_alive() || buffer.size() != 0) Close();
     return absl::OkStatus();
   }
 };
