@@ -499,6 +499,14 @@ TEST_F(TlsVerificationTest, AnUnknownCaAndAWrongPinAreRefusedWithTheReason) {
   EXPECT_EQ(pin.code(), absl::StatusCode::kFailedPrecondition) << pin;
   EXPECT_NE(pin.message().find("is not the pinned one"), absl::string_view::npos) << pin;
 
+  // Without a CA file the system store is loaded, and does not know ours.
+  absl::Status system = Get({}, "127.0.0.1");
+  EXPECT_EQ(system.code(), absl::StatusCode::kFailedPrecondition) << system;
+  EXPECT_NE(system.message().find("not correctly signed by the trusted CA (trusting the "
+                                  "system's CAs)"),
+            absl::string_view::npos)
+      << system;
+
   // A CA file that is not PEM.
   std::string junk = (dir_ / "junk.pem").string();
   {
