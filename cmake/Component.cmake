@@ -1,14 +1,17 @@
-# outpost_component(NAME DIR LIBS ...): a static library of every .cc in DIR
-# except *_test.cc, *_fuzz.cc and *_main.cc; each *_test.cc becomes its own
+# outpost_component(NAME DIR LIBS ... [EXCLUDE file.cc...]): a static library of every .cc in DIR
+# except *_test.cc, *_fuzz.cc, *_main.cc and the EXCLUDE'd files (built on their own); each *_test.cc becomes its own
 # GoogleTest binary linked against the library, each *_fuzz.cc a fuzzer. Keeps the build listing in
 # step with the folders without hand-kept file lists.
 function(outpost_component name)
-  cmake_parse_arguments(C "" "" "LIBS;TEST_LIBS" ${ARGN})
+  cmake_parse_arguments(C "" "" "LIBS;TEST_LIBS;EXCLUDE" ${ARGN})
   file(GLOB _all CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/*.cc")
   set(_lib_srcs "")
   set(_test_srcs "")
   foreach(f IN LISTS _all)
-    if(f MATCHES "_test\\.cc$")
+    get_filename_component(_fname "${f}" NAME)
+    if(_fname IN_LIST C_EXCLUDE)
+      continue()
+    elseif(f MATCHES "_test\\.cc$")
       list(APPEND _test_srcs "${f}")
     elseif(NOT f MATCHES "_(fuzz|main)\\.cc$")
       list(APPEND _lib_srcs "${f}")

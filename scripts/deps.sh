@@ -40,6 +40,8 @@ PACKAGES=(
   libboost1.74-dev libssl-dev prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev libsodium-dev libsqlite3-dev
   libzstd-dev libpq-dev
+  # the HTTPS client (mbedTLS: the agent loads no OpenSSL, docs/architecture.md)
+  libmbedtls-dev
   # tests only: libarchive crafts hostile bundles and cross-checks our tar code
   libarchive-dev
   # gRPC API (KServe v2 GRPCInferenceService)

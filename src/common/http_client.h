@@ -6,7 +6,7 @@
 // One HttpClient keeps one connection alive between calls (keep-alive, TLS
 // session reuse), so a device polling every few seconds does not pay a TLS
 // handshake each time; the transport is common/http_connection.h (Beast,
-// Asio, OpenSSL), also under agent::Fetch. Response bodies are returned as
+// Asio, mbedTLS), also under agent::Fetch. Response bodies are returned as
 // received (no Content-Encoding decoding); redirects are not followed.
 //
 // Thread safety: an HttpClient is used by one thread at a time; make one per

@@ -1,21 +1,26 @@
 #include "common/http_connection.h"
 
+#include <mbedtls/base64.h>
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/sha256.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/evp.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
-#include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <boost/asio/compose.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -24,13 +29,14 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <limits>
+#include <mutex>
 
 namespace outpost {
 namespace {
 
 namespace asio = boost::asio;
-namespace ssl = asio::ssl;
 namespace bhttp = boost::beast::http;
 using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
@@ -62,25 +68,256 @@ bool HasControl(std::string_view s) {
   return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
 }
 
-// Base64 SHA-256 of the peer certificate's SubjectPublicKeyInfo (DER).
-std::string PeerKeyPin(SSL* ssl) {
-  X509* cert = SSL_get1_peer_certificate(ssl);
-  if (cert == nullptr) return {};
-  unsigned char* der = nullptr;
-  int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
-  X509_free(cert);
-  if (len <= 0) return {};
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_len = 0;
-  int ok = EVP_Digest(der, static_cast<size_t>(len), digest, &digest_len, EVP_sha256(), nullptr);
-  OPENSSL_free(der);
-  if (ok != 1) return {};
-  std::string b64(4 * ((digest_len + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), digest,
-                          static_cast<int>(digest_len));
-  b64.resize(static_cast<size_t>(n));
-  return b64;
+// mbedTLS error codes as error_codes, with mbedTLS's own descriptions.
+class TlsCategory final : public boost::system::error_category {
+ public:
+  const char* name() const noexcept override { return "mbedtls"; }
+  std::string message(int code) const override {
+    char text[256];
+    mbedtls_strerror(code, text, sizeof(text));
+    return text;
+  }
+};
+
+const boost::system::error_category& TlsErrors() {
+  static const TlsCategory category;
+  return category;
 }
+
+// One CTR-DRBG for the process, seeded once from the system entropy.
+struct ProcessRng {
+  std::mutex mu;
+  mbedtls_entropy_context entropy;
+  mbedtls_ctr_drbg_context drbg;
+  int seed_error = 0;
+};
+
+ProcessRng& Rng() {
+  static ProcessRng* rng = [] {
+    auto* r = new ProcessRng;  // lives as long as the process
+    mbedtls_entropy_init(&r->entropy);
+    mbedtls_ctr_drbg_init(&r->drbg);
+    static constexpr unsigned char kPersonalization[] = "outpost http client";
+    r->seed_error = mbedtls_ctr_drbg_seed(&r->drbg, mbedtls_entropy_func, &r->entropy,
+                                          kPersonalization, sizeof(kPersonalization) - 1);
+    return r;
+  }();
+  return *rng;
+}
+
+int RandomBytes(void*, unsigned char* out, size_t size) {
+  ProcessRng& rng = Rng();
+  if (rng.seed_error != 0) return rng.seed_error;
+  std::lock_guard lock(rng.mu);
+  return mbedtls_ctr_drbg_random(&rng.drbg, out, size);
+}
+
+// Base64 SHA-256 of a certificate's SubjectPublicKeyInfo (DER).
+std::string KeyPin(const mbedtls_x509_crt* cert) {
+  if (cert == nullptr || cert->pk_raw.p == nullptr) return {};
+  unsigned char digest[32];
+  if (mbedtls_sha256_ret(cert->pk_raw.p, cert->pk_raw.len, digest, 0) != 0) return {};
+  unsigned char b64[64];
+  size_t length = 0;
+  if (mbedtls_base64_encode(b64, sizeof(b64), &length, digest, sizeof(digest)) != 0) return {};
+  return std::string(reinterpret_cast<const char*>(b64), length);
+}
+
+// The CAs and settings shared by an HttpConnection's TLS connections.
+struct TlsConfig {
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt ca;
+  TlsConfig() {
+    mbedtls_ssl_config_init(&conf);
+    mbedtls_x509_crt_init(&ca);
+  }
+  ~TlsConfig() {
+    mbedtls_ssl_config_free(&conf);
+    mbedtls_x509_crt_free(&ca);
+  }
+  TlsConfig(const TlsConfig&) = delete;
+  TlsConfig& operator=(const TlsConfig&) = delete;
+};
+
+// Loads `path` (a PEM file, or a directory of them) into `ca`: OK when at
+// least one certificate was read.
+absl::Status LoadCas(mbedtls_x509_crt* ca, const std::string& path, bool directory) {
+  int r = directory ? mbedtls_x509_crt_parse_path(ca, path.c_str())
+                    : mbedtls_x509_crt_parse_file(ca, path.c_str());
+  if (r >= 0 && ca->version != 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(r < 0 ? error_code(r, TlsErrors()).message()
+                                             : "it holds no readable certificate");
+}
+
+// A TLS client stream over a TCP socket that Beast and Asio's composed
+// operations accept as an AsyncReadStream/AsyncWriteStream: mbedTLS does
+// non-blocking I/O on the socket, and an operation that would block waits
+// for the socket with async_wait and tries again.
+class TlsStream {
+ public:
+  using executor_type = tcp::socket::executor_type;
+
+  TlsStream(asio::io_context& ioc, const mbedtls_ssl_config* conf) : socket_(ioc) {
+    mbedtls_ssl_init(&ssl_);
+    setup_error_ = mbedtls_ssl_setup(&ssl_, conf);
+    mbedtls_ssl_set_bio(&ssl_, this, &TlsStream::Send, &TlsStream::Recv, nullptr);
+  }
+  ~TlsStream() { mbedtls_ssl_free(&ssl_); }
+  TlsStream(const TlsStream&) = delete;
+  TlsStream& operator=(const TlsStream&) = delete;
+
+  executor_type get_executor() { return socket_.get_executor(); }
+  tcp::socket& next_layer() { return socket_; }
+  mbedtls_ssl_context* native_handle() { return &ssl_; }
+  int setup_error() const { return setup_error_; }
+  // The mbedTLS code the last failed operation ended with.
+  int last_error() const { return last_error_; }
+
+  // Checks the certificate against an IP address (mbedTLS only matches
+  // dNSName entries against a host name): its iPAddress SANs must hold it.
+  void VerifyIpAddress(const asio::ip::address& address) {
+    if (address.is_v4()) {
+      auto bytes = address.to_v4().to_bytes();
+      ip_length_ = bytes.size();
+      std::memcpy(ip_.data(), bytes.data(), bytes.size());
+    } else {
+      auto bytes = address.to_v6().to_bytes();
+      ip_length_ = bytes.size();
+      std::memcpy(ip_.data(), bytes.data(), bytes.size());
+    }
+    mbedtls_ssl_set_verify(&ssl_, &TlsStream::CheckIp, this);
+  }
+
+  template <class Token>
+  auto async_handshake(Token&& token) {
+    return asio::async_compose<Token, void(error_code, size_t)>(
+        Op{this, Op::kHandshake, nullptr, 0}, token, socket_);
+  }
+  template <class Buffers, class Token>
+  auto async_read_some(const Buffers& buffers, Token&& token) {
+    asio::mutable_buffer first;
+    for (auto it = asio::buffer_sequence_begin(buffers); it != asio::buffer_sequence_end(buffers);
+         ++it) {
+      first = asio::mutable_buffer(*it);
+      if (first.size() != 0) break;
+    }
+    return asio::async_compose<Token, void(error_code, size_t)>(
+        Op{this, Op::kRead, first.data(), first.size()}, token, socket_);
+  }
+  template <class Buffers, class Token>
+  auto async_write_some(const Buffers& buffers, Token&& token) {
+    asio::const_buffer first;
+    for (auto it = asio::buffer_sequence_begin(buffers); it != asio::buffer_sequence_end(buffers);
+         ++it) {
+      first = asio::const_buffer(*it);
+      if (first.size() != 0) break;
+    }
+    return asio::async_compose<Token, void(error_code, size_t)>(
+        Op{this, Op::kWrite, const_cast<void*>(first.data()), first.size()}, token, socket_);
+  }
+
+ private:
+  // One handshake, read or write: runs the mbedTLS call again each time the
+  // socket is ready for what it wants. Never completes inside the initiating
+  // call (the first attempt is posted).
+  struct Op {
+    enum Kind { kHandshake, kRead, kWrite };
+    TlsStream* stream;
+    Kind kind;
+    void* data;
+    size_t size;
+    bool started = false;
+
+    template <class Self>
+    void operator()(Self& self, error_code ec = {}) {
+      if (!started) {
+        started = true;
+        asio::post(stream->socket_.get_executor(), std::move(self));
+        return;
+      }
+      if (ec) return self.complete(ec, 0);
+      if (stream->setup_error_ != 0) {
+        return self.complete(stream->Error(stream->setup_error_), 0);
+      }
+      if (kind != kHandshake && size == 0) return self.complete({}, 0);
+      auto* bytes = static_cast<unsigned char*>(data);
+      int r = kind == kHandshake ? mbedtls_ssl_handshake(&stream->ssl_)
+              : kind == kRead    ? mbedtls_ssl_read(&stream->ssl_, bytes, size)
+                                 : mbedtls_ssl_write(&stream->ssl_, bytes, size);
+      if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        stream->socket_.async_wait(
+            r == MBEDTLS_ERR_SSL_WANT_READ ? tcp::socket::wait_read : tcp::socket::wait_write,
+            std::move(self));
+        return;
+      }
+      if (r < 0 || (kind == kRead && r == 0)) return self.complete(stream->Error(r), 0);
+      self.complete({}, kind == kHandshake ? 0 : static_cast<size_t>(r));
+    }
+  };
+
+  error_code Error(int r) {
+    last_error_ = r;
+    // A close_notify, or a plain TCP close (which ends a close-delimited
+    // body as it would on http://; Beast reports a truncated message).
+    if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == MBEDTLS_ERR_SSL_CONN_EOF) {
+      return asio::error::eof;
+    }
+    if ((r == MBEDTLS_ERR_NET_SEND_FAILED || r == MBEDTLS_ERR_NET_RECV_FAILED ||
+         r == MBEDTLS_ERR_NET_CONN_RESET) &&
+        socket_errno_ != 0) {
+      return error_code(socket_errno_, boost::system::system_category());
+    }
+    return error_code(r, TlsErrors());
+  }
+
+  static int Send(void* context, const unsigned char* data, size_t size) {
+    auto* self = static_cast<TlsStream*>(context);
+    while (true) {
+      ssize_t n = ::send(self->socket_.native_handle(), data, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) return static_cast<int>(n);
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return MBEDTLS_ERR_SSL_WANT_WRITE;
+      self->socket_errno_ = errno;
+      return errno == EPIPE || errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET
+                                                   : MBEDTLS_ERR_NET_SEND_FAILED;
+    }
+  }
+
+  static int Recv(void* context, unsigned char* data, size_t size) {
+    auto* self = static_cast<TlsStream*>(context);
+    while (true) {
+      ssize_t n = ::recv(self->socket_.native_handle(), data, size, MSG_DONTWAIT);
+      if (n >= 0) return static_cast<int>(n);
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return MBEDTLS_ERR_SSL_WANT_READ;
+      self->socket_errno_ = errno;
+      return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
+    }
+  }
+
+  static int CheckIp(void* context, mbedtls_x509_crt* cert, int depth, uint32_t* flags) {
+    if (depth != 0) return 0;
+    auto* self = static_cast<TlsStream*>(context);
+    constexpr int kIpTag = MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_IP_ADDRESS;
+    for (const mbedtls_x509_sequence* san = &cert->subject_alt_names; san != nullptr;
+         san = san->next) {
+      if (san->buf.tag == kIpTag && san->buf.len == self->ip_length_ &&
+          std::memcmp(san->buf.p, self->ip_.data(), self->ip_length_) == 0) {
+        return 0;
+      }
+    }
+    *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+    return 0;
+  }
+
+  tcp::socket socket_;
+  mbedtls_ssl_context ssl_;
+  int setup_error_ = 0;
+  int last_error_ = 0;
+  int socket_errno_ = 0;
+  std::array<uint8_t, 16> ip_{};
+  size_t ip_length_ = 0;
+};
 
 bool PinMatches(std::string_view pins, std::string_view pin) {
   while (!pins.empty()) {
@@ -218,20 +455,24 @@ absl::StatusOr<ParsedUrl> ParseHttpUrl(std::string_view url) {
 struct HttpConnection::Impl {
   HttpConnectionOptions options;
   asio::io_context ioc{1};
-  std::optional<ssl::context> tls_context;
+  std::unique_ptr<TlsConfig> tls_config;  // loaded for the first https:// URL
   // At most one of these is open.
   std::optional<tcp::socket> plain;
-  std::optional<ssl::stream<tcp::socket>> tls;
+  std::unique_ptr<TlsStream> tls;
   std::string origin;  // of the open connection
   boost::beast::flat_buffer buffer;
   std::unique_ptr<char[]> chunk{new char[kChunk]};
-  SSL_SESSION* session = nullptr;  // for the next handshake with session_origin
+  // For the next handshake with session_origin (resumption).
+  mbedtls_ssl_session session;
+  bool have_session = false;
+  bool session_saved = false;  // from the open connection
   std::string session_origin;
   Watch* watch = nullptr;  // of the exchange in progress
 
+  Impl() { mbedtls_ssl_session_init(&session); }
   ~Impl() {
     Close();
-    if (session != nullptr) SSL_SESSION_free(session);
+    mbedtls_ssl_session_free(&session);
   }
 
   tcp::socket& Lowest() { return tls ? tls->next_layer() : *plain; }
@@ -253,6 +494,7 @@ struct HttpConnection::Impl {
   // not worth a write that would fail.
   bool StillUsable() {
     if (!IsOpen() || buffer.size() != 0) return false;
+    if (tls && mbedtls_ssl_get_bytes_avail(tls->native_handle()) != 0) return false;
     pollfd p{Lowest().native_handle(), POLLIN, 0};
     return ::poll(&p, 1, 0) == 0;
   }
@@ -294,45 +536,52 @@ struct HttpConnection::Impl {
     return abort;
   }
 
-  absl::Status EnsureTlsContext() {
-    if (tls_context) return absl::OkStatus();
-    ssl::context context(ssl::context::tls_client);
-    error_code ec;
-    context.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                            ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
-                            ssl::context::no_tlsv1_1,
-                        ec);
-    SSL_CTX_set_min_proto_version(context.native_handle(), TLS1_2_VERSION);
+  absl::Status EnsureTlsConfig() {
+    if (tls_config) return absl::OkStatus();
+    auto config = std::make_unique<TlsConfig>();
     if (!options.ca_file.empty()) {
-      context.load_verify_file(options.ca_file, ec);
-      if (ec) {
+      absl::Status loaded = LoadCas(&config->ca, options.ca_file, /*directory=*/false);
+      if (!loaded.ok()) {
         return absl::FailedPreconditionError(
-            StrCat("cannot load the trusted CA file ", options.ca_file, ": ", ec.message()));
+            StrCat("cannot load the trusted CA file ", options.ca_file, ": ", loaded.message()));
       }
     } else {
-      context.set_default_verify_paths(ec);
-      if (ec) {
+      // Debian's bundle of the system store, else its directory of CAs.
+      absl::Status loaded =
+          LoadCas(&config->ca, "/etc/ssl/certs/ca-certificates.crt", /*directory=*/false);
+      if (!loaded.ok()) loaded = LoadCas(&config->ca, "/etc/ssl/certs", /*directory=*/true);
+      if (!loaded.ok()) {
         return absl::FailedPreconditionError(
-            StrCat("cannot load the system's trusted CAs: ", ec.message()));
+            StrCat("cannot load the system's trusted CAs from /etc/ssl/certs: ", loaded.message()));
       }
     }
-    context.set_verify_mode(ssl::verify_peer);
-    SSL_CTX_set_session_cache_mode(context.native_handle(), SSL_SESS_CACHE_CLIENT);
-    tls_context.emplace(std::move(context));
+    mbedtls_ssl_config* conf = &config->conf;
+    int r = mbedtls_ssl_config_defaults(conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                        MBEDTLS_SSL_PRESET_DEFAULT);
+    if (r != 0) {
+      return absl::InternalError(
+          StrCat("cannot set up TLS: ", error_code(r, TlsErrors()).message()));
+    }
+    // TLS 1.2 at least.
+    mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_authmode(conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+    mbedtls_ssl_conf_ca_chain(conf, &config->ca, nullptr);
+    mbedtls_ssl_conf_rng(conf, &RandomBytes, nullptr);
+    tls_config = std::move(config);
     return absl::OkStatus();
   }
 
   absl::Status Connect(const ParsedUrl& url) {
     Close();
     std::string where = StrCat(url.host, ":", url.port);
-    if (url.tls) RETURN_IF_ERROR(EnsureTlsContext());
+    if (url.tls) RETURN_IF_ERROR(EnsureTlsConfig());
     tcp::resolver resolver(ioc);
     error_code ec;
     auto endpoints =
         resolver.resolve(url.host, std::to_string(url.port), tcp::resolver::numeric_service, ec);
     if (ec) return absl::UnavailableError(StrCat("cannot resolve ", url.host, ": ", ec.message()));
     if (url.tls) {
-      tls.emplace(ioc, *tls_context);
+      tls = std::make_unique<TlsStream>(ioc, &tls_config->conf);
     } else {
       plain.emplace(ioc);
     }
@@ -366,23 +615,21 @@ struct HttpConnection::Impl {
 
   absl::Status Handshake(const ParsedUrl& url, Clock::time_point deadline,
                          const std::string& timeout_what) {
-    SSL* ssl = tls->native_handle();
-    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    if (IsIpLiteral(url.host)) {
-      X509_VERIFY_PARAM_set1_ip_asc(param, url.host.c_str());
-    } else {
-      SSL_set_tlsext_host_name(ssl, url.host.c_str());
-      X509_VERIFY_PARAM_set1_host(param, url.host.c_str(), 0);
-    }
-    if (session != nullptr && session_origin == url.Origin()) SSL_set_session(ssl, session);
+    mbedtls_ssl_context* ssl = tls->native_handle();
     error_code ec;
-    absl::Status aborted = Run(
-        [&](auto handler) {
-          tls->async_handshake(ssl::stream_base::client,
-                               [handler](error_code e) { handler(e, 0); });
-        },
-        &ec, nullptr, deadline, timeout_what);
+    const bool ip = IsIpLiteral(url.host);
+    if (ip) {
+      // No SNI for an address (RFC 6066); its iPAddress SANs are checked.
+      tls->VerifyIpAddress(asio::ip::make_address(url.host, ec));
+    } else if (int r = mbedtls_ssl_set_hostname(ssl, url.host.c_str()); r != 0) {
+      Close();
+      return absl::InvalidArgumentError(StrCat("cannot use the host name ", url.host,
+                                               " for TLS: ", error_code(r, TlsErrors()).message()));
+    }
+    if (have_session && session_origin == url.Origin()) mbedtls_ssl_set_session(ssl, &session);
+    session_saved = false;
+    absl::Status aborted = Run([&](auto handler) { tls->async_handshake(handler); }, &ec, nullptr,
+                               deadline, timeout_what);
     if (!aborted.ok()) {
       Close();
       return aborted;
@@ -390,18 +637,20 @@ struct HttpConnection::Impl {
     const std::string trust =
         options.ca_file.empty() ? "the system's CAs" : StrCat("the CA file ", options.ca_file);
     if (ec) {
-      long verify = SSL_get_verify_result(ssl);
+      uint32_t flags = mbedtls_ssl_get_verify_result(ssl);
+      const bool verify_failed = tls->last_error() == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED ||
+                                 (flags != 0 && flags != static_cast<uint32_t>(-1));
       Close();
-      if (verify != X509_V_OK) {
-        return absl::FailedPreconditionError(
-            StrCat("TLS verification of ", url.host,
-                   " failed: ", X509_verify_cert_error_string(verify), " (trusting ", trust, ")"));
+      if (verify_failed) {
+        return absl::FailedPreconditionError(StrCat("TLS verification of ", url.host,
+                                                    " failed: ", VerifyFailure(flags, url.host, ip),
+                                                    " (trusting ", trust, ")"));
       }
       return absl::UnavailableError(
           StrCat("TLS handshake with ", url.host, ":", url.port, " failed: ", ec.message()));
     }
     if (!options.pinned_public_key.empty()) {
-      std::string pin = PeerKeyPin(ssl);
+      std::string pin = KeyPin(mbedtls_ssl_get_peer_cert(ssl));
       if (pin.empty() || !PinMatches(options.pinned_public_key, pin)) {
         Close();
         return absl::FailedPreconditionError(StrCat("TLS verification of ", url.host,
@@ -412,13 +661,37 @@ struct HttpConnection::Impl {
     return absl::OkStatus();
   }
 
+  // Why verification failed, from mbedTLS's flags.
+  static std::string VerifyFailure(uint32_t flags, const std::string& host, bool ip) {
+    if (flags == static_cast<uint32_t>(-1) || flags == 0) return "the certificate was refused";
+    std::string out;
+    if (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) {
+      out = ip ? StrCat("the certificate does not name the IP address ", host)
+               : StrCat("the certificate does not name the host ", host);
+      flags &= ~static_cast<uint32_t>(MBEDTLS_X509_BADCERT_CN_MISMATCH);
+    }
+    if (flags != 0) {
+      char text[512];
+      int n = mbedtls_x509_crt_verify_info(text, sizeof(text), "", flags);
+      std::string_view info(text, n > 0 ? static_cast<size_t>(n) : 0);
+      while (!info.empty()) {  // one reason a line
+        size_t newline = info.find('\n');
+        std::string_view line = info.substr(0, newline);
+        if (!line.empty()) StrAppend(&out, out.empty() ? "" : "; ", line);
+        if (newline == std::string_view::npos) break;
+        info.remove_prefix(newline + 1);
+      }
+    }
+    return out;
+  }
+
   // After a successful exchange: keep the TLS session for the next handshake.
   void RememberSession() {
-    if (!tls) return;
-    SSL_SESSION* current = SSL_get1_session(tls->native_handle());
-    if (current == nullptr) return;
-    if (session != nullptr) SSL_SESSION_free(session);
-    session = current;
+    if (!tls || session_saved) return;
+    session_saved = true;
+    mbedtls_ssl_session_free(&session);
+    mbedtls_ssl_session_init(&session);
+    have_session = mbedtls_ssl_get_session(tls->native_handle(), &session) == 0;
     session_origin = origin;
   }
 
@@ -525,8 +798,6 @@ struct HttpConnection::Impl {
           [&](auto& stream, auto h) { bhttp::async_read_some(stream, buffer, parser, h); }, &ec,
           nullptr));
       if (ec == bhttp::error::need_buffer) ec = {};
-      // A TLS peer that closes without close_notify ends a close-delimited body.
-      if (ec == ssl::error::stream_truncated && parser.need_eof()) parser.put_eof(ec);
       size_t n = kChunk - message.body().size;
       if (n > 0) {
         watch->Count(n);
@@ -538,11 +809,10 @@ struct HttpConnection::Impl {
       }
     }
     // The server answered but could not take the whole body: do not reuse.
-    if (write_error || !message.keep_alive() || buffer.size() != 0) {
-      Close();
-    } else {
-      RememberSession();
-    }
+    // The TLS session outlives the connection: a server that closes it
+    // (Connection: close, idle timeout) is resumed with on the next one.
+    RememberSession();
+    if (write_error || !message.keep_alive() || buffer.size() != 0) Close();
     return absl::OkStatus();
   }
 };

@@ -1,5 +1,6 @@
 // One blocking HTTP/1.1 client connection on Boost.Beast + Asio, with
-// OpenSSL for https: the single HTTP client implementation under
+// mbedTLS for https (not OpenSSL: the agent's memory budget, see
+// docs/architecture.md): the single HTTP client implementation under
 // HttpClient (control-plane calls of the agent and the CLI) and
 // agent::Fetch (resumable artifact downloads).
 //

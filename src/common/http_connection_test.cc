@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -396,6 +397,217 @@ TEST(HttpConnectionTest, TlsVerifiesTheHostNameAndThePinnedKey) {
             absl::StatusCode::kFailedPrecondition);
   (*server)->Stop();
   fs::remove_all(dir);
+}
+
+// A self-signed P-256 certificate (and key) in `dir`/`name`-{cert,key}.pem
+// with the given subjectAltName, made by the openssl tool.
+std::string MakeCert(const fs::path& dir, const std::string& name, const std::string& san) {
+  std::string cert = (dir / (name + "-cert.pem")).string();
+  std::string cmd =
+      StrCat("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 ",
+             "-subj /CN=", name, " -addext subjectAltName=", san, " -keyout ",
+             (dir / (name + "-key.pem")).string(), " -out ", cert, " 2>/dev/null");
+  EXPECT_EQ(system(cmd.c_str()), 0) << cmd;
+  return cert;
+}
+
+std::string Key(const fs::path& dir, const std::string& name) {
+  return (dir / (name + "-key.pem")).string();
+}
+
+class TlsVerificationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir_template[] = "/tmp/http_connection_tls_XXXXXX";
+    dir_ = mkdtemp(dir_template);
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+    fs::remove_all(dir_);
+  }
+  // An HttpServer on 127.0.0.1 with the certificate `name`.
+  void Serve(const std::string& name) {
+    http::ServerOptions options;
+    options.tls_cert_file = (dir_ / (name + "-cert.pem")).string();
+    options.tls_key_file = Key(dir_, name);
+    auto server = http::Server::Create(options, [](http::Request&& request, http::Responder r) {
+      r.Send(http::JsonResponse(request, http::Status::ok, "{}"));
+    });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    server_->Start();
+  }
+  absl::Status Get(const HttpConnectionOptions& options, const std::string& host) {
+    auto url = ParseHttpUrl(StrCat("https://", host, ":", server_->port(), "/"));
+    EXPECT_TRUE(url.ok());
+    Collected got;
+    absl::Status status = HttpConnection::Create(options)->Exchange({.url = &*url}, got);
+    if (status.ok()) {
+      EXPECT_EQ(got.status, 200);
+    }
+    return status;
+  }
+
+  fs::path dir_;
+  std::unique_ptr<http::Server> server_;
+};
+
+// mbedTLS matches host names only against dNSName entries: addresses are
+// checked against the iPAddress entries by the client itself.
+TEST_F(TlsVerificationTest, AnIpAddressHostMustBeAnIpAddressSan) {
+  std::string ca = MakeCert(dir_, "hub", "IP:127.0.0.1,DNS:hub.test");
+  MakeCert(dir_, "other-ip", "IP:127.0.0.2,DNS:localhost,DNS:127.0.0.1");
+  Serve("hub");
+  EXPECT_TRUE(Get({.ca_file = ca}, "127.0.0.1").ok());
+  server_->Stop();
+  Serve("other-ip");
+  // A dNSName spelled like the address does not count either.
+  absl::Status status = Get({.ca_file = (dir_ / "other-ip-cert.pem").string()}, "127.0.0.1");
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_NE(status.message().find("does not name the IP address 127.0.0.1"),
+            absl::string_view::npos)
+      << status;
+  // The name is still good.
+  EXPECT_TRUE(Get({.ca_file = (dir_ / "other-ip-cert.pem").string()}, "localhost").ok());
+}
+
+TEST_F(TlsVerificationTest, AHostNameMustBeADnsNameSan) {
+  std::string ca = MakeCert(dir_, "hub", "IP:127.0.0.1,DNS:hub.test");
+  Serve("hub");
+  absl::Status status = Get({.ca_file = ca}, "localhost");
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_NE(status.message().find("TLS verification of localhost failed: the certificate does "
+                                  "not name the host localhost"),
+            absl::string_view::npos)
+      << status;
+}
+
+TEST_F(TlsVerificationTest, AnUnknownCaAndAWrongPinAreRefusedWithTheReason) {
+  std::string ca = MakeCert(dir_, "hub", "IP:127.0.0.1");
+  std::string other = MakeCert(dir_, "other", "IP:127.0.0.1");
+  Serve("hub");
+  absl::Status unknown = Get({.ca_file = other}, "127.0.0.1");
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kFailedPrecondition) << unknown;
+  EXPECT_NE(unknown.message().find("not correctly signed by the trusted CA"),
+            absl::string_view::npos)
+      << unknown;
+  EXPECT_NE(unknown.message().find(StrCat("trusting the CA file ", other)), absl::string_view::npos)
+      << unknown;
+
+  absl::Status pin =
+      Get({.ca_file = ca, .pinned_public_key = "sha256//bm90IHRoZSBrZXk="}, "127.0.0.1");
+  EXPECT_EQ(pin.code(), absl::StatusCode::kFailedPrecondition) << pin;
+  EXPECT_NE(pin.message().find("is not the pinned one"), absl::string_view::npos) << pin;
+
+  // Without a CA file the system store is loaded, and does not know ours.
+  absl::Status system = Get({}, "127.0.0.1");
+  EXPECT_EQ(system.code(), absl::StatusCode::kFailedPrecondition) << system;
+  EXPECT_NE(system.message().find("not correctly signed by the trusted CA (trusting the "
+                                  "system's CAs)"),
+            absl::string_view::npos)
+      << system;
+
+  // A CA file that is not PEM.
+  std::string junk = (dir_ / "junk.pem").string();
+  {
+    FILE* f = fopen(junk.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs("not a certificate\n", f);
+    fclose(f);
+  }
+  absl::Status bad_ca = Get({.ca_file = junk}, "127.0.0.1");
+  EXPECT_EQ(bad_ca.code(), absl::StatusCode::kFailedPrecondition) << bad_ca;
+  EXPECT_NE(bad_ca.message().find("cannot load the trusted CA file " + junk),
+            absl::string_view::npos)
+      << bad_ca;
+}
+
+// A TLS server on OpenSSL that answers each request with Connection: close
+// and records, for each connection, whether the client resumed a session.
+class ResumptionServer {
+ public:
+  ResumptionServer(const std::string& cert, const std::string& key) {
+    ctx_ = SSL_CTX_new(TLS_server_method());
+    EXPECT_EQ(SSL_CTX_use_certificate_chain_file(ctx_, cert.c_str()), 1);
+    EXPECT_EQ(SSL_CTX_use_PrivateKey_file(ctx_, key.c_str(), SSL_FILETYPE_PEM), 1);
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(listen(listen_fd_, 16), 0);
+    socklen_t len = sizeof(addr);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ResumptionServer() {
+    shutdown(listen_fd_, SHUT_RDWR);
+    thread_.join();
+    close(listen_fd_);
+    SSL_CTX_free(ctx_);
+  }
+  uint16_t port() const { return port_; }
+  std::vector<bool> resumed() {
+    std::lock_guard lock(mu_);
+    return resumed_;
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      SSL* ssl = SSL_new(ctx_);
+      SSL_set_fd(ssl, fd);
+      if (SSL_accept(ssl) == 1) {
+        std::string request;
+        char buf[1024];
+        while (request.find("\r\n\r\n") == std::string::npos) {
+          int n = SSL_read(ssl, buf, sizeof(buf));
+          if (n <= 0) break;
+          request.append(buf, static_cast<size_t>(n));
+        }
+        {
+          std::lock_guard lock(mu_);
+          resumed_.push_back(SSL_session_reused(ssl) == 1);
+        }
+        static constexpr char kAnswer[] =
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        SSL_write(ssl, kAnswer, sizeof(kAnswer) - 1);
+        SSL_shutdown(ssl);
+      }
+      SSL_free(ssl);
+      close(fd);
+    }
+  }
+
+  SSL_CTX* ctx_ = nullptr;
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<bool> resumed_;
+};
+
+TEST_F(TlsVerificationTest, ASessionIsResumedOnTheNextConnectionToTheSameOrigin) {
+  std::string ca = MakeCert(dir_, "hub", "IP:127.0.0.1,DNS:localhost");
+  ResumptionServer server(ca, Key(dir_, "hub"));
+  auto by_ip = ParseHttpUrl(StrCat("https://127.0.0.1:", server.port(), "/"));
+  auto by_name = ParseHttpUrl(StrCat("https://localhost:", server.port(), "/"));
+  auto connection = HttpConnection::Create({.ca_file = ca});
+  for (const ParsedUrl* url : {&*by_ip, &*by_ip, &*by_ip, &*by_name}) {
+    Collected got;
+    absl::Status status = connection->Exchange({.url = url}, got);
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(got.body, "ok");
+  }
+  // Another connection object has no session to offer.
+  Collected got;
+  ASSERT_TRUE(HttpConnection::Create({.ca_file = ca})->Exchange({.url = &*by_ip}, got).ok());
+  // Full handshake, two resumed ones, a full one for the other origin, and
+  // a full one for the new object.
+  EXPECT_EQ(server.resumed(), (std::vector<bool>{false, true, true, false, false}));
 }
 
 }  // namespace

@@ -1,8 +1,12 @@
 // Incremental SHA-256 for content addressing and bundle file checks.
 //
-// Backed by OpenSSL's EVP (SHA-NI / AVX2 code paths): measured ~5x faster
-// than libsodium's portable crypto_hash_sha256 on the reference machine
-// (560 vs 115 MB/s), which matters when hashing 100 MB model weights.
+// Two builds of the same interface (src/common/CMakeLists.txt):
+// outpost_sha256 on OpenSSL's EVP (SHA-NI / AVX2 code paths), measured ~5x
+// faster than libsodium's portable crypto_hash_sha256 on the reference
+// machine (560 vs 115 MB/s), for the hub, the CLI and outpost-serve, which
+// hash 100 MB model weights; outpost_sha256_sodium on libsodium for
+// outpost-agent, which links no OpenSSL (each OpenSSL library costs idle
+// memory; docs/agent.md).
 //
 // Thread safety: a Sha256 object is not thread-safe; use one per thread.
 #pragma once
@@ -12,8 +16,6 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
-
-struct evp_md_ctx_st;
 
 namespace outpost {
 
@@ -39,7 +41,7 @@ class Sha256 {
   static std::string HexOf(std::string_view data);
 
  private:
-  evp_md_ctx_st* ctx_;
+  void* ctx_;  // EVP_MD_CTX or crypto_hash_sha256_state
 };
 
 // Lowercase hex of `size` bytes.
