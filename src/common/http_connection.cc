@@ -29,6 +29,7 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -546,13 +547,19 @@ struct HttpConnection::Impl {
             StrCat("cannot load the trusted CA file ", options.ca_file, ": ", loaded.message()));
       }
     } else {
-      // Debian's bundle of the system store, else its directory of CAs.
-      absl::Status loaded =
-          LoadCas(&config->ca, "/etc/ssl/certs/ca-certificates.crt", /*directory=*/false);
-      if (!loaded.ok()) loaded = LoadCas(&config->ca, "/etc/ssl/certs", /*directory=*/true);
+      // The system store: SSL_CERT_FILE / SSL_CERT_DIR when set (the
+      // overrides OpenSSL honours), else Debian's bundle, else its
+      // directory of CAs.
+      const char* env_file = std::getenv("SSL_CERT_FILE");
+      const char* env_dir = std::getenv("SSL_CERT_DIR");
+      const std::string file =
+          env_file && *env_file ? env_file : "/etc/ssl/certs/ca-certificates.crt";
+      const std::string dir = env_dir && *env_dir ? env_dir : "/etc/ssl/certs";
+      absl::Status loaded = LoadCas(&config->ca, file, /*directory=*/false);
+      if (!loaded.ok()) loaded = LoadCas(&config->ca, dir, /*directory=*/true);
       if (!loaded.ok()) {
-        return absl::FailedPreconditionError(
-            StrCat("cannot load the system's trusted CAs from /etc/ssl/certs: ", loaded.message()));
+        return absl::FailedPreconditionError(StrCat("cannot load the system's trusted CAs from ",
+                                                    file, " or ", dir, ": ", loaded.message()));
       }
     }
     mbedtls_ssl_config* conf = &config->conf;

@@ -506,6 +506,11 @@ TEST_F(TlsVerificationTest, AnUnknownCaAndAWrongPinAreRefusedWithTheReason) {
                                   "system's CAs)"),
             absl::string_view::npos)
       << system;
+  // SSL_CERT_FILE replaces the system store, as it does for OpenSSL.
+  setenv("SSL_CERT_FILE", ca.c_str(), 1);
+  absl::Status env_store = Get({}, "127.0.0.1");
+  unsetenv("SSL_CERT_FILE");
+  EXPECT_TRUE(env_store.ok()) << env_store;
 
   // A CA file that is not PEM.
   std::string junk = (dir_ / "junk.pem").string();
