@@ -612,28 +612,46 @@ FileBody::~FileBody() {
 
 // ---- Server
 
-// Members destroyed in reverse: the io_context (and any session its pending
-// handlers own) goes before Core and the TLS context.
+// Members destroyed in reverse: the io_contexts (and any session their
+// pending handlers own) go before Core and the TLS context.
 struct Server::Impl : Core {
   std::optional<asio::ssl::context> ssl;
-  asio::io_context ioc;
-  tcp::acceptor acceptor{asio::make_strand(ioc)};
+  // One, run by every io thread; or one per io thread (loop_per_thread).
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  tcp::acceptor acceptor{asio::make_strand(*contexts[0])};
   // The optional Unix domain socket listener (options.unix_socket_path).
-  local::acceptor local_acceptor{asio::make_strand(ioc)};
+  local::acceptor local_acceptor{asio::make_strand(*contexts[0])};
   asio::steady_timer local_accept_retry{local_acceptor.get_executor()};
   asio::steady_timer accept_retry{acceptor.get_executor()};
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::vector<std::thread> threads;
+  std::atomic<unsigned> next_context{0};  // round robin of new connections
   uint16_t port = 0;
 
   absl::Mutex lifecycle_mu;
   bool started ABSL_GUARDED_BY(lifecycle_mu) = false;
   bool stopped ABSL_GUARDED_BY(lifecycle_mu) = false;
 
-  explicit Impl(int threads) : ioc(threads) {}
+  Impl(int threads, bool loop_per_thread) : contexts(MakeContexts(threads, loop_per_thread)) {}
+
+  static std::vector<std::unique_ptr<asio::io_context>> MakeContexts(int threads,
+                                                                     bool loop_per_thread) {
+    std::vector<std::unique_ptr<asio::io_context>> out;
+    const int loops = loop_per_thread ? std::max(1, threads) : 1;
+    for (int i = 0; i < loops; ++i) {
+      out.push_back(std::make_unique<asio::io_context>(loop_per_thread ? 1 : threads));
+    }
+    return out;
+  }
+
+  // The io_context of a new connection.
+  asio::io_context& NextContext() {
+    if (contexts.size() == 1) return *contexts[0];
+    return *contexts[next_context.fetch_add(1, std::memory_order_relaxed) % contexts.size()];
+  }
 
   void Accept() {
-    acceptor.async_accept(asio::make_strand(ioc), [this](error_code ec, Socket socket) {
+    acceptor.async_accept(asio::make_strand(NextContext()), [this](error_code ec, Socket socket) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
       if (ec) {
         // EMFILE and friends: retry shortly rather than spin.
@@ -650,19 +668,20 @@ struct Server::Impl : Core {
   }
 
   void AcceptLocal() {
-    local_acceptor.async_accept(asio::make_strand(ioc), [this](error_code ec, LocalSocket socket) {
-      if (ec == asio::error::operation_aborted || !local_acceptor.is_open()) return;
-      if (ec) {
-        spdlog::warn("http: accept on {} failed: {}", options.unix_socket_path, ec.message());
-        local_accept_retry.expires_after(std::chrono::milliseconds(50));
-        local_accept_retry.async_wait([this](error_code ec) {
-          if (!ec) AcceptLocal();
+    local_acceptor.async_accept(
+        asio::make_strand(NextContext()), [this](error_code ec, LocalSocket socket) {
+          if (ec == asio::error::operation_aborted || !local_acceptor.is_open()) return;
+          if (ec) {
+            spdlog::warn("http: accept on {} failed: {}", options.unix_socket_path, ec.message());
+            local_accept_retry.expires_after(std::chrono::milliseconds(50));
+            local_accept_retry.async_wait([this](error_code ec) {
+              if (!ec) AcceptLocal();
+            });
+            return;
+          }
+          Register(std::make_shared<Session<LocalSocket>>(*this, std::move(socket)));
+          AcceptLocal();
         });
-        return;
-      }
-      Register(std::make_shared<Session<LocalSocket>>(*this, std::move(socket)));
-      AcceptLocal();
-    });
   }
 
   void OnAccept(Socket socket) {
@@ -687,6 +706,7 @@ struct Server::Impl : Core {
   void RunThread(int index) {
     std::string name = absl::StrCat("http-io-", index);
     pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+    asio::io_context& ioc = *contexts[index % contexts.size()];
     for (;;) {
       try {
         ioc.run();
@@ -701,7 +721,7 @@ struct Server::Impl : Core {
     absl::MutexLock lock(&lifecycle_mu);
     if (started || stopped) return;
     started = true;
-    work.emplace(ioc.get_executor());
+    for (auto& ioc : contexts) work.emplace_back(ioc->get_executor());
     Accept();
     if (local_acceptor.is_open()) AcceptLocal();
     const int n = std::max(1, options.threads);
@@ -747,8 +767,8 @@ struct Server::Impl : Core {
     // already posting to a strand, so nothing touches the io_context later.
     gate->stopped.store(true);
     while (gate->inflight.load() != 0) std::this_thread::yield();
-    work.reset();
-    ioc.stop();
+    work.clear();
+    for (auto& ioc : contexts) ioc->stop();
     for (std::thread& t : threads) t.join();
     threads.clear();
     error_code ignored;
@@ -758,7 +778,8 @@ struct Server::Impl : Core {
       if (!options.unix_socket_path.empty()) ::unlink(options.unix_socket_path.c_str());
     }
     // Connections still open (a handler kept its Responder past the grace
-    // period) are closed here; ones owned by pending handlers go with ioc.
+    // period) are closed here; ones owned by pending handlers go with the
+    // io_contexts.
     std::unordered_map<SessionBase*, std::shared_ptr<SessionBase>> rest;
     {
       absl::MutexLock sessions_lock(&sessions_mu);
@@ -880,7 +901,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options, Ha
     return absl::InvalidArgumentError(absl::StrCat("HTTP listen address '", options.address,
                                                    "' is not an IPv4/IPv6 address or localhost"));
   }
-  auto impl = std::make_unique<Impl>(options.threads);
+  auto impl = std::make_unique<Impl>(options.threads, options.loop_per_thread);
   RETURN_IF_ERROR(LoadTls(options, impl->ssl));
   if (!impl->ssl && !options.allow_insecure && !IsLoopbackAddress(options.address)) {
     return absl::InvalidArgumentError(

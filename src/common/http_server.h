@@ -1,10 +1,11 @@
 // A small HTTP/1.1 server on Boost.Beast for every Outpost listener
 // (outpost-serve's API, the hub's APIs, the agent's local status).
 //
-// Threads: one io_context run by `threads` named threads. A handler is
-// called on an io thread and must not block: it answers through the
-// Responder, from any thread, exactly once (long work is handed to other
-// threads, and the Responder posted back to the connection's strand).
+// Threads: one io_context run by `threads` named threads (or, with
+// `loop_per_thread`, one io_context per thread). A handler is called on an
+// io thread and must not block: it answers through the Responder, from any
+// thread, exactly once (long work is handed to other threads, and the
+// Responder posted back to the connection's strand).
 //
 // Protection: header size limit, body size limit (413 before the body is
 // read), a deadline for reading a whole request (slow clients get closed),
@@ -87,6 +88,13 @@ struct ServerOptions {
   std::string address = "127.0.0.1";
   uint16_t port = 0;  // 0 = a free port, see Server::port()
   int threads = 2;
+  // Each io thread runs its own event loop, and a connection stays on the
+  // one that accepted it (round robin): an io thread never wakes another
+  // for a connection's next step, which saves a futex wake-up per request.
+  // The price: a handler that holds its thread (outpost-serve's inline
+  // inference) delays that thread's other connections, which the other
+  // threads cannot pick up.
+  bool loop_per_thread = false;
   size_t max_header_bytes = 16 * 1024;
   size_t max_body_bytes = 64 * 1024 * 1024;
   // A request (TLS handshake, headers and body) must arrive whole within

@@ -26,8 +26,10 @@
 #include <cstdio>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -686,11 +688,14 @@ TEST(HttpServerTest, TlsFilesAreValidated) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST(HttpServerTest, ConcurrentClients) {
+class ConcurrentClientsTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ConcurrentClientsTest, EveryRequestAnswered) {
   Worker worker;
   std::atomic<int> calls = 0;
   ServerOptions options;
   options.threads = 2;
+  options.loop_per_thread = GetParam();
   auto server = StartServer(options, EchoHandler(&worker, &calls));
   ASSERT_TRUE(server);
   constexpr int kClients = 8;
@@ -712,6 +717,50 @@ TEST(HttpServerTest, ConcurrentClients) {
   for (std::thread& t : clients) t.join();
   EXPECT_EQ(good.load(), kClients * kRequests);
   EXPECT_EQ(calls.load(), kClients * kRequests);
+}
+
+INSTANTIATE_TEST_SUITE_P(LoopPerThread, ConcurrentClientsTest, ::testing::Bool());
+
+TEST(HttpServerTest, LoopPerThreadKeepsEachConnectionOnTheThreadThatAcceptedIt) {
+  ServerOptions options;
+  options.threads = 2;
+  options.loop_per_thread = true;
+  std::mutex mu;
+  std::map<std::string, std::set<std::thread::id>> threads;  // client -> handler threads
+  std::atomic<bool> release{false};
+  auto server = StartServer(options, [&](Request&& request, Responder responder) {
+    const std::string target(request.target());
+    {
+      std::lock_guard lock(mu);
+      threads[target.substr(0, target.find('/', 1))].insert(std::this_thread::get_id());
+    }
+    // Holds its io thread, as an inline inference does.
+    if (target.ends_with("/hold")) {
+      while (!release.load()) std::this_thread::sleep_for(1ms);
+    }
+    responder.Send(JsonResponse(request, Status::ok, "{}"));
+  });
+  ASSERT_TRUE(server);
+  TestClient a(server->port());
+  TestClient b(server->port());
+  ASSERT_FALSE(a.connect_error());
+  ASSERT_FALSE(b.connect_error());
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(a.RoundTrip(MakeRequest(bhttp::verb::get, "/a/x")).result(), Status::ok);
+    EXPECT_EQ(b.RoundTrip(MakeRequest(bhttp::verb::get, "/b/x")).result(), Status::ok);
+  }
+  {
+    std::lock_guard lock(mu);
+    ASSERT_EQ(threads["/a"].size(), 1u);
+    ASSERT_EQ(threads["/b"].size(), 1u);
+    // Round robin: the two connections got different loops.
+    EXPECT_NE(*threads["/a"].begin(), *threads["/b"].begin());
+  }
+  // While a's thread is held, b (on the other loop) is still served.
+  ASSERT_FALSE(a.Write(MakeRequest(bhttp::verb::get, "/a/hold")));
+  EXPECT_EQ(b.RoundTrip(MakeRequest(bhttp::verb::get, "/b/x")).result(), Status::ok);
+  release = true;
+  EXPECT_EQ(a.Read().response.result(), Status::ok);
 }
 
 TEST(HttpServerTest, StopLetsRequestsInFlightFinish) {

@@ -143,7 +143,8 @@ class GrpcApi::Service final : public inference::GRPCInferenceService::CallbackS
                                  .count();
           mv->metrics().RecordSuccess(total_ns, result->stats.queue_ns, result->stats.compute_ns);
           Finish(reactor, absl::OkStatus());
-        });
+        },
+        SubmitMode::kMayRunInline);
     if (!status.ok()) {
       if (absl::IsUnavailable(status)) {
         mv->metrics().RecordRejection();

@@ -245,11 +245,13 @@ void HttpApi::HandleInfer(http::Request&& request, http::Responder responder, st
   }
   ctx->decoded.request.arrival = ctx->start;
 
-  // The callback runs on an inference thread. It does not keep the version
-  // alive: the version's destructor drains its scheduler first, so `mv`
-  // outlives every callback of its queue.
+  // The callback runs on an inference thread, or on this one before Submit
+  // returns (inline execution). It does not keep the version alive: the
+  // version's destructor drains its scheduler first, so `mv` outlives every
+  // callback of its queue, and `found` holds it during an inline run.
   status = mv->scheduler().Submit(
-      std::move(ctx->decoded.request), [ctx, mv](absl::StatusOr<InferResponse> result) mutable {
+      std::move(ctx->decoded.request),
+      [ctx, mv](absl::StatusOr<InferResponse> result) mutable {
         if (!result.ok()) {
           mv->metrics().RecordFailure();
           spdlog::warn("model '{}' version {}: inference failed: {}", mv->name(),
@@ -281,7 +283,8 @@ void HttpApi::HandleInfer(http::Request&& request, http::Responder responder, st
                                .count();
         mv->metrics().RecordSuccess(total_ns, result->stats.queue_ns, result->stats.compute_ns);
         ctx->responder.Send(std::move(response));
-      });
+      },
+      SubmitMode::kMayRunInline);
   if (!status.ok()) {
     if (absl::IsUnavailable(status)) {
       mv->metrics().RecordRejection();

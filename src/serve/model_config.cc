@@ -23,12 +23,12 @@
 namespace outpost::serve {
 namespace {
 
-constexpr std::array<std::string_view, 17> kTopLevelKeys = {
+constexpr std::array<std::string_view, 18> kTopLevelKeys = {
     "max_batch_size",      "dynamic_batching", "max_queue_size",   "instance_count",
     "execution_providers", "strict_providers", "intra_op_threads", "inter_op_threads",
     "graph_optimization",  "cpu_arena",        "session_config",   "warmup",
     "version_policy",      "inputs",           "outputs",          "labels",
-    "output_score"};
+    "output_score",        "inline_execution"};
 constexpr std::array<std::string_view, 2> kDynamicBatchingKeys = {"max_queue_delay_us",
                                                                   "preferred_batch_sizes"};
 constexpr std::array<std::string_view, 3> kOutputScoreKeys = {"output", "kind", "buckets"};
@@ -225,6 +225,8 @@ class ConfigParser {
             ASSIGN_OR_RETURN(config.max_queue_size, Int(value, key, 1, kMaxQueueSize));
           } else if (name == "instance_count") {
             ASSIGN_OR_RETURN(config.instance_count, Int(value, key, 1, kMaxInstances));
+          } else if (name == "inline_execution") {
+            ASSIGN_OR_RETURN(config.inline_execution, Bool(value, key));
           } else if (name == "execution_providers") {
             ASSIGN_OR_RETURN(config.execution_providers, ParseProviders(value, key));
           } else if (name == "strict_providers") {

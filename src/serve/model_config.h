@@ -6,6 +6,8 @@
 //     preferred_batch_sizes: [4, 8]   # each 1..max_batch_size, no repeats
 //   max_queue_size: 64           # queued requests before 503 (backpressure), >= 1
 //   instance_count: 1            # concurrent executions of the model, 1..64
+//   inline_execution: true       # an idle model runs an HTTP/gRPC request on the io
+//                                # thread that read it (serve/scheduler.h)
 //   execution_providers: [tensorrt, cuda, cpu]   # in order of preference, any case, no repeats
 //   strict_providers: false      # true: a provider that fails is a load error
 //   intra_op_threads: 0          # 0 = ONNX Runtime's default (one per core)
@@ -69,6 +71,7 @@ struct ModelConfig {
   std::optional<DynamicBatching> dynamic_batching;
   int64_t max_queue_size = 128;
   int instance_count = 1;
+  bool inline_execution = true;
   std::vector<ExecutionProvider> execution_providers = {ExecutionProvider::kCpu};
   bool strict_providers = false;
   int intra_op_threads = 0;

@@ -40,6 +40,7 @@ TEST(ModelConfigTest, EmptyFileGivesDefaults) {
     EXPECT_EQ(config->inter_op_threads, 1);
     EXPECT_EQ(config->graph_optimization, GraphOptimization::kAll);
     EXPECT_TRUE(config->cpu_arena);
+    EXPECT_TRUE(config->inline_execution);
     EXPECT_EQ(config->warmup_iterations, 1);
     EXPECT_EQ(config->version_policy.kind, VersionPolicy::Kind::kLatest);
     EXPECT_EQ(config->version_policy.latest_count, 1);
@@ -57,6 +58,7 @@ dynamic_batching:
   preferred_batch_sizes: [4, 8]
 max_queue_size: 64
 instance_count: 2
+inline_execution: false
 execution_providers: [TensorRT, CUDA, cpu]
 strict_providers: true
 intra_op_threads: 4
@@ -80,6 +82,7 @@ labels: labels.txt
   EXPECT_EQ(config->dynamic_batching->preferred_batch_sizes, (std::vector<int64_t>{4, 8}));
   EXPECT_EQ(config->max_queue_size, 64);
   EXPECT_EQ(config->instance_count, 2);
+  EXPECT_FALSE(config->inline_execution);
   EXPECT_EQ(config->execution_providers,
             (std::vector{ExecutionProvider::kTensorRt, ExecutionProvider::kCuda,
                          ExecutionProvider::kCpu}));
@@ -248,6 +251,9 @@ TEST(ModelConfigTest, Booleans) {
             "models/m/config.yaml: key 'strict_providers': must be true or false, got 'maybe'");
   EXPECT_EQ(ErrorOf("cpu_arena: 1\n"),
             "models/m/config.yaml: key 'cpu_arena': must be true or false, got '1'");
+  EXPECT_EQ(ErrorOf("inline_execution: sometimes\n"),
+            "models/m/config.yaml: key 'inline_execution': must be true or false, got "
+            "'sometimes'");
 }
 
 TEST(ModelConfigTest, SessionConfigEntriesPassThroughInOrder) {

@@ -191,6 +191,7 @@ absl::StatusOr<std::shared_ptr<ModelVersion>> ModelRepository::BuildVersion(
   scheduler_options.dynamic_batching = loaded->config_.dynamic_batching;
   scheduler_options.max_queue_size = loaded->config_.max_queue_size;
   scheduler_options.instance_count = loaded->config_.instance_count;
+  scheduler_options.inline_execution = loaded->config_.inline_execution;
   ModelMetrics* metrics = loaded->metrics_.get();
   scheduler_options.on_batch = [metrics](int batch_size, int64_t, bool ok) {
     if (ok) metrics->RecordBatch(batch_size);

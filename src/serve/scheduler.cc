@@ -185,11 +185,14 @@ struct Queue {
   Clock::duration max_delay{};
   std::vector<int64_t> preferred_batch_sizes;
   size_t capacity = 0;  // max_queue_size
+  int instances = 1;    // instance_count
+  bool inline_execution = false;
 
   absl::Mutex mu;
   absl::CondVar work_cv;    // idle threads: a request to take, or stopping
   absl::CondVar gather_cv;  // the gathering thread: a request arrived, or stopping
   absl::CondVar joined_cv;  // Drain callers: the threads are joined
+  absl::CondVar inline_cv;  // Drain callers: the inline run's compute ended
   // Ring buffer that grows (up to capacity) but never shrinks: no
   // allocation per request once it has reached the high-water mark.
   std::vector<Pending> ring ABSL_GUARDED_BY(mu);
@@ -198,6 +201,10 @@ struct Queue {
   // One thread at a time forms a batch; the others wait, so that requests
   // arriving meanwhile join that batch instead of starting small ones.
   bool gathering ABSL_GUARDED_BY(mu) = false;
+  // Batches computing now, instance threads and inline runs together; at
+  // most `instances`. Instance threads decrement it before their callbacks.
+  int running ABSL_GUARDED_BY(mu) = 0;
+  bool inline_running ABSL_GUARDED_BY(mu) = false;
   bool stopping ABSL_GUARDED_BY(mu) = false;
   bool threads_claimed ABSL_GUARDED_BY(mu) = false;
   bool joined ABSL_GUARDED_BY(mu) = false;
@@ -220,6 +227,16 @@ struct Queue {
   bool IsPreferred(int64_t total) const {
     return std::find(preferred_batch_sizes.begin(), preferred_batch_sizes.end(), total) !=
            preferred_batch_sizes.end();
+  }
+  // Whether a request of first dimension `batch` may run on the submitting
+  // thread now: idle (nothing queued or being gathered, an instance free,
+  // no other inline run) and batching could not add to it.
+  bool CanRunInline(int64_t batch) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!inline_execution || size > 0 || gathering || running >= instances || inline_running) {
+      return false;
+    }
+    return !batching || max_delay <= Clock::duration::zero() || batch == max_batch_size ||
+           IsPreferred(batch);
   }
 };
 
@@ -251,7 +268,8 @@ class Worker {
   bool TakeBatch() {
     Queue& q = *queue_;
     absl::MutexLock lock(&q.mu);
-    while (q.size == 0 || q.gathering) {
+    // An inline run may hold the last free instance.
+    while (q.size == 0 || q.gathering || q.running >= q.instances) {
       if (q.size == 0 && q.stopping) return false;
       q.work_cv.Wait(&q.mu);
     }
@@ -261,6 +279,7 @@ class Worker {
       q.Pop();
     }
     depth_.fetch_sub(static_cast<int64_t>(count), std::memory_order_relaxed);
+    ++q.running;
     if (q.batching) {
       // Idle threads waited while this one gathered.
       if (q.stopping) {
@@ -351,6 +370,12 @@ class Worker {
     // Before the callbacks: the last one may destroy the scheduler.
     if (options_.on_batch) options_.on_batch(static_cast<int>(total), compute_ns, result.ok());
     if (options_.on_outputs && result.ok()) options_.on_outputs(*result);
+    {
+      // Before the callbacks too: a client answered by them may send its
+      // next request at once, and should find the instance free.
+      absl::MutexLock lock(&queue_->mu);
+      --queue_->running;
+    }
 
     if (!result.ok()) {
       for (Pending& p : batch_) std::move(p.done)(result.status());
@@ -458,6 +483,8 @@ Scheduler::Scheduler(const Engine& engine, SchedulerOptions options)
     queue->preferred_batch_sizes = options_.dynamic_batching->preferred_batch_sizes;
   }
   queue->capacity = static_cast<size_t>(options_.max_queue_size);
+  queue->instances = options_.instance_count;
+  queue->inline_execution = options_.inline_execution;
   impl_->queue = std::move(queue);
 }
 
@@ -522,7 +549,7 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const Engine& engin
 
 Scheduler::~Scheduler() { Drain(); }
 
-absl::Status Scheduler::Submit(InferRequest&& request, InferCallback done) {
+absl::Status Scheduler::Submit(InferRequest&& request, InferCallback done, SubmitMode mode) {
   InputPositions positions;
   OutputIndices outputs;
   int64_t batch = 1;
@@ -531,27 +558,62 @@ absl::Status Scheduler::Submit(InferRequest&& request, InferCallback done) {
   ToModelOrder(request.inputs, positions);
 
   Queue& q = *impl_->queue;
-  absl::MutexLock lock(&q.mu);
-  if (q.stopping) return absl::UnavailableError(Cat(q.display_name, " is unloading"));
-  if (!q.MakeRoom()) {
-    return absl::UnavailableError(
-        Cat(q.display_name, ": queue full (", q.capacity, " requests); retry later"));
+  {
+    absl::MutexLock lock(&q.mu);
+    if (q.stopping) return absl::UnavailableError(Cat(q.display_name, " is unloading"));
+    if (mode == SubmitMode::kMayRunInline && q.CanRunInline(batch)) {
+      ++q.running;
+      q.inline_running = true;
+    } else {
+      if (!q.MakeRoom()) {
+        return absl::UnavailableError(
+            Cat(q.display_name, ": queue full (", q.capacity, " requests); retry later"));
+      }
+      Pending& slot = q.ring[(q.head + q.size) % q.ring.size()];
+      slot.request = std::move(request);
+      slot.done = std::move(done);
+      slot.outputs = std::move(outputs);
+      slot.batch = batch;
+      ++q.size;
+      queue_depth_.fetch_add(1, std::memory_order_relaxed);
+      // One wake-up per request. absl's CondVar moves the woken thread
+      // straight onto the mutex, so signalling under the lock costs no extra
+      // switch.
+      if (q.gathering) {
+        q.gather_cv.Signal();
+      } else {
+        q.work_cv.Signal();
+      }
+      return absl::OkStatus();
+    }
   }
-  Pending& slot = q.ring[(q.head + q.size) % q.ring.size()];
-  slot.request = std::move(request);
-  slot.done = std::move(done);
-  slot.outputs = std::move(outputs);
-  slot.batch = batch;
-  ++q.size;
-  queue_depth_.fetch_add(1, std::memory_order_relaxed);
-  // One wake-up per request. absl's CondVar moves the woken thread straight
-  // onto the mutex, so signalling under the lock costs no extra switch.
-  if (q.gathering) {
-    q.gather_cv.Signal();
-  } else {
-    q.work_cv.Signal();
-  }
+  RunInline(request, std::span<const int>(outputs.data(), outputs.size()), batch, std::move(done));
   return absl::OkStatus();
+}
+
+void Scheduler::RunInline(InferRequest& request, std::span<const int> outputs, int64_t batch,
+                          InferCallback done) {
+  const Clock::time_point start = Clock::now();
+  absl::StatusOr<std::vector<OutputTensor>> result = engine_.Run(request.inputs, outputs);
+  const int64_t compute_ns = Nanos(Clock::now() - start);
+  if (options_.on_batch) options_.on_batch(static_cast<int>(batch), compute_ns, result.ok());
+  if (options_.on_outputs && result.ok()) options_.on_outputs(*result);
+  const InferStats stats{Nanos(start - request.arrival), compute_ns, static_cast<int>(batch)};
+  {
+    Queue& q = *impl_->queue;
+    absl::MutexLock lock(&q.mu);
+    --q.running;
+    q.inline_running = false;
+    // An instance thread may have waited for the instance this run held.
+    if (q.size > 0 && !q.gathering) q.work_cv.Signal();
+    q.inline_cv.SignalAll();
+  }
+  // From here on a Drain may return and the scheduler be destroyed.
+  if (!result.ok()) {
+    std::move(done)(result.status());
+  } else {
+    std::move(done)(InferResponse{std::move(*result), stats});
+  }
 }
 
 void Scheduler::Drain() {
@@ -591,6 +653,8 @@ void Scheduler::Drain() {
     absl::MutexLock lock(&q.mu);
     while (!q.joined) q.joined_cv.Wait(&q.mu);
   }
+  absl::MutexLock lock(&q.mu);
+  while (q.inline_running) q.inline_cv.Wait(&q.mu);
 }
 
 }  // namespace outpost::serve

@@ -15,6 +15,17 @@
 // Concatenated inputs live in per-thread buffers reused across batches.
 // A failed engine run fails every request of its batch with its error.
 //
+// Inline execution: a front end whose thread may block (HTTP, gRPC) submits
+// with SubmitMode::kMayRunInline. When the scheduler is idle — nothing
+// queued, an instance free, no other inline run in progress, and batching
+// could not help (no dynamic batching, max_queue_delay_us 0, or the request
+// alone fills max_batch_size or a preferred size) — Submit runs the request
+// on the calling thread and calls `done` before returning, which saves the
+// two thread hand-offs of the queue. An inline run counts as one of the
+// instance_count executions (instance threads wait for it), and its stats
+// and on_batch/on_outputs calls are those of a batch of one. At most one
+// caller at a time is held this way, so other io threads keep reading.
+//
 // Thread safety: all public methods are thread-safe.
 #pragma once
 
@@ -52,8 +63,9 @@ struct InferResponse {
   InferStats stats;
 };
 
-// Called exactly once per accepted request, on a scheduler thread, outside
-// any scheduler lock. It may call Drain or destroy the scheduler.
+// Called exactly once per accepted request, outside any scheduler lock: on
+// an instance thread, or (inline execution) on the thread that called Submit,
+// before Submit returns. It may call Drain or destroy the scheduler.
 using InferCallback = absl::AnyInvocable<void(absl::StatusOr<InferResponse>) &&>;
 
 struct SchedulerOptions {
@@ -62,6 +74,9 @@ struct SchedulerOptions {
   std::optional<DynamicBatching> dynamic_batching;
   int64_t max_queue_size = 128;
   int instance_count = 1;
+  // Allows SubmitMode::kMayRunInline to run requests on the calling thread
+  // (see the top of this file).
+  bool inline_execution = true;
   // Called once per executed batch, on the instance thread, before the
   // batch's request callbacks (for metrics).
   std::function<void(int batch_size, int64_t compute_ns, bool ok)> on_batch;
@@ -83,6 +98,11 @@ struct SchedulerOptions {
 absl::Status ValidateRequest(const Engine& engine, int64_t max_batch_size,
                              const InferRequest& request);
 
+enum class SubmitMode {
+  kQueued,        // always on an instance thread: Submit never waits for compute
+  kMayRunInline,  // on the calling thread when the scheduler is idle (see above)
+};
+
 class Scheduler {
  public:
   // `engine` is borrowed and must outlive the scheduler. Starts
@@ -101,10 +121,15 @@ class Scheduler {
   // "... is unloading") without calling `done`; on OK, `done` is called
   // later exactly once. The request's input data must stay valid until
   // `done` runs. Outputs come in the order requested (or model order).
-  absl::Status Submit(InferRequest&& request, InferCallback done);
+  // With kMayRunInline (and options.inline_execution) an idle scheduler
+  // runs the request on this thread and `done` has run when Submit returns
+  // OK; the scheduler may then already be destroyed by `done`.
+  absl::Status Submit(InferRequest&& request, InferCallback done,
+                      SubmitMode mode = SubmitMode::kQueued);
 
   // Stops accepting new requests, completes every queued one (without
-  // waiting out the batching delay), joins the threads. Idempotent. Safe to
+  // waiting out the batching delay), waits for an inline run's compute to
+  // end (its callback may still be running), joins the threads. Idempotent. Safe to
   // call from a callback, also through the destructor: that thread runs the
   // rest of the queue itself and is detached instead of joined.
   void Drain();
@@ -116,6 +141,9 @@ class Scheduler {
  private:
   struct Impl;
   Scheduler(const Engine& engine, SchedulerOptions options);
+  // Runs an accepted request on this thread; see SubmitMode::kMayRunInline.
+  void RunInline(InferRequest& request, std::span<const int> outputs, int64_t batch,
+                 InferCallback done);
 
   const Engine& engine_;
   SchedulerOptions options_;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -795,6 +796,333 @@ TEST(SchedulerTest, InstancesRunInParallel) {
   }
   scheduler->reset();
   EXPECT_EQ(saw_both, 2);
+}
+
+// Holds the first `held` engine runs in on_batch, which the scheduler calls
+// while the run still occupies its instance, until Open().
+class BatchHold {
+ public:
+  explicit BatchHold(int held = 1) : held_(held) {}
+  std::function<void(int, int64_t, bool)> Hook() {
+    return [this](int, int64_t, bool ok) {
+      EXPECT_TRUE(ok);
+      std::unique_lock lock(mu_);
+      const int call = calls_++;
+      concurrent_ = std::max(concurrent_, ++in_hook_);
+      cv_.notify_all();
+      if (call < held_) EXPECT_TRUE(cv_.wait_for(lock, kWait, [&] { return open_; }));
+      --in_hook_;
+    };
+  }
+  void WaitCalls(int n) {
+    std::unique_lock lock(mu_);
+    ASSERT_TRUE(cv_.wait_for(lock, kWait, [&] { return calls_ >= n; }));
+  }
+  void Open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  int calls() {
+    std::lock_guard lock(mu_);
+    return calls_;
+  }
+  int max_concurrent() {
+    std::lock_guard lock(mu_);
+    return concurrent_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const int held_;
+  int calls_ = 0;
+  int in_hook_ = 0;
+  int concurrent_ = 0;
+  bool open_ = false;
+};
+
+std::string ThreadName() {
+  char name[16] = {};
+  pthread_getname_np(pthread_self(), name, sizeof(name));
+  return name;
+}
+
+// Where and when a request's callback ran.
+struct Answer {
+  std::optional<absl::StatusOr<InferResponse>> response;
+  std::thread::id thread;
+  std::string thread_name;
+};
+
+InferCallback Record(Answer& answer, std::promise<void>* done = nullptr) {
+  return [&answer, done](absl::StatusOr<InferResponse> response) {
+    answer.thread = std::this_thread::get_id();
+    answer.thread_name = ThreadName();
+    answer.response.emplace(std::move(response));
+    if (done != nullptr) done->set_value();
+  };
+}
+
+TEST(SchedulerInlineTest, IdleSchedulerRunsOnCallingThread) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  SchedulerOptions options = Options("add_one:1", 8);
+  std::atomic<int> batches{0};
+  options.on_batch = [&](int batch_size, int64_t compute_ns, bool ok) {
+    EXPECT_EQ(batch_size, 2);
+    EXPECT_GT(compute_ns, 0);
+    EXPECT_TRUE(ok);
+    ++batches;
+  };
+  auto scheduler = Scheduler::Create(*engine, std::move(options));
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  const std::vector<float> x = Rows(2, 10);
+  for (int i = 0; i < 3; ++i) {
+    Answer answer;
+    ASSERT_TRUE(
+        (*scheduler)->Submit(AddOneRequest(x), Record(answer), SubmitMode::kMayRunInline).ok());
+    // Answered before Submit returned, on this thread.
+    ASSERT_TRUE(answer.response.has_value());
+    EXPECT_EQ(answer.thread, std::this_thread::get_id());
+    const absl::StatusOr<InferResponse>& response = *answer.response;
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->outputs[0].shape, (std::vector<int64_t>{2, 4}));
+    EXPECT_EQ(Values<float>(response->outputs[0]), PlusOne(x));
+    EXPECT_EQ(response->stats.batch_size, 2);
+    EXPECT_GE(response->stats.queue_ns, 0);
+    EXPECT_GT(response->stats.compute_ns, 0);
+  }
+  EXPECT_EQ(batches.load(), 3);
+  EXPECT_EQ((*scheduler)->queue_depth(), 0);
+}
+
+TEST(SchedulerInlineTest, QueuedModeOrDisabledOptionUseInstanceThread) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<float> x = Rows(1, 1);
+  for (bool option : {true, false}) {
+    SchedulerOptions options = Options("add_one:1", 8);
+    options.inline_execution = option;
+    auto scheduler = Scheduler::Create(*engine, std::move(options));
+    ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+    // The option off ignores kMayRunInline; kQueued never runs inline.
+    const SubmitMode mode = option ? SubmitMode::kQueued : SubmitMode::kMayRunInline;
+    Answer answer;
+    std::promise<void> done;
+    ASSERT_TRUE((*scheduler)->Submit(AddOneRequest(x), Record(answer, &done), mode).ok());
+    ASSERT_EQ(done.get_future().wait_for(kWait), std::future_status::ready);
+    EXPECT_NE(answer.thread, std::this_thread::get_id());
+    EXPECT_EQ(answer.thread_name, "infer-add_one:1");
+    ASSERT_TRUE(answer.response->ok()) << answer.response->status();
+    EXPECT_EQ(Values<float>((*answer.response)->outputs[0]), PlusOne(x));
+  }
+}
+
+TEST(SchedulerInlineTest, BusyInstanceQueuesInsteadOfRunningInline) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  SchedulerOptions options = Options("add_one:1", 8);
+  BatchHold hold;
+  options.on_batch = hold.Hook();
+  auto scheduler = Scheduler::Create(*engine, std::move(options));
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  const std::vector<float> x = Rows(1, 1);
+  const std::vector<float> y = Rows(1, 5);
+
+  Answer first;
+  std::promise<void> first_done;
+  ASSERT_TRUE((*scheduler)->Submit(AddOneRequest(x), Record(first, &first_done)).ok());
+  hold.WaitCalls(1);  // the only instance is computing
+  Answer second;
+  std::promise<void> second_done;
+  ASSERT_TRUE(
+      (*scheduler)
+          ->Submit(AddOneRequest(y), Record(second, &second_done), SubmitMode::kMayRunInline)
+          .ok());
+  EXPECT_FALSE(second.response.has_value());  // queued, Submit did not wait
+  EXPECT_EQ((*scheduler)->queue_depth(), 1);
+  hold.Open();
+  ASSERT_EQ(first_done.get_future().wait_for(kWait), std::future_status::ready);
+  ASSERT_EQ(second_done.get_future().wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(second.thread_name, "infer-add_one:1");
+  ASSERT_TRUE(second.response->ok()) << second.response->status();
+  EXPECT_EQ(Values<float>((*second.response)->outputs[0]), PlusOne(y));
+}
+
+TEST(SchedulerInlineTest, InlineRunHoldsAnInstance) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  SchedulerOptions options = Options("add_one:1", 8);
+  BatchHold hold;
+  options.on_batch = hold.Hook();
+  auto scheduler = Scheduler::Create(*engine, std::move(options));
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  const std::vector<float> x = Rows(1, 1);
+
+  Answer inline_answer;
+  std::thread io([&] {
+    EXPECT_TRUE((*scheduler)
+                    ->Submit(AddOneRequest(x), Record(inline_answer), SubmitMode::kMayRunInline)
+                    .ok());
+  });
+  hold.WaitCalls(1);  // running inline on `io`, holding the only instance
+  Results results(2);
+  ASSERT_TRUE((*scheduler)->Submit(AddOneRequest(x), results.Callback(0)).ok());
+  // A second inline request does not run beside it either.
+  ASSERT_TRUE(
+      (*scheduler)->Submit(AddOneRequest(x), results.Callback(1), SubmitMode::kMayRunInline).ok());
+  EXPECT_EQ((*scheduler)->queue_depth(), 2);
+  std::this_thread::sleep_for(milliseconds(100));
+  EXPECT_EQ(hold.calls(), 1);  // the instance thread waited for the instance
+  EXPECT_EQ(results.total(), 0);
+  hold.Open();
+  const std::thread::id io_id = io.get_id();
+  io.join();
+  ASSERT_TRUE(inline_answer.response.has_value());
+  ASSERT_TRUE(inline_answer.response->ok());
+  EXPECT_EQ(inline_answer.thread, io_id);
+  ASSERT_TRUE(results.WaitFor(2));
+  EXPECT_TRUE(results[0].ok());
+  EXPECT_TRUE(results[1].ok());
+  EXPECT_EQ(hold.max_concurrent(), 1);
+}
+
+TEST(SchedulerInlineTest, OneInlineRunAtATimeWithFreeInstances) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  SchedulerOptions options = Options("add_one:1", 8);
+  options.instance_count = 3;
+  BatchHold hold(2);
+  options.on_batch = hold.Hook();
+  auto scheduler = Scheduler::Create(*engine, std::move(options));
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  const std::vector<float> x = Rows(1, 1);
+
+  Answer inline_answer;
+  std::thread io([&] {
+    EXPECT_TRUE((*scheduler)
+                    ->Submit(AddOneRequest(x), Record(inline_answer), SubmitMode::kMayRunInline)
+                    .ok());
+  });
+  hold.WaitCalls(1);
+  // An instance is free, but another io thread is not held: it queues and
+  // an instance thread runs it beside the inline run.
+  Answer second;
+  std::promise<void> second_done;
+  ASSERT_TRUE(
+      (*scheduler)
+          ->Submit(AddOneRequest(x), Record(second, &second_done), SubmitMode::kMayRunInline)
+          .ok());
+  hold.WaitCalls(2);
+  EXPECT_FALSE(second.response.has_value());
+  EXPECT_EQ(hold.max_concurrent(), 2);
+  hold.Open();
+  const std::thread::id io_id = io.get_id();
+  io.join();
+  ASSERT_EQ(second_done.get_future().wait_for(kWait), std::future_status::ready);
+  EXPECT_EQ(second.thread_name, "infer-add_one:1");
+  EXPECT_EQ(inline_answer.thread, io_id);
+  ASSERT_TRUE(inline_answer.response.has_value());
+}
+
+TEST(SchedulerInlineTest, BatchingDelayRunsOnInstanceUnlessBatchCannotGrow) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  struct Case {
+    int64_t delay_us;
+    std::vector<int64_t> preferred;
+    int64_t rows;
+    bool expect_inline;
+  };
+  const std::vector<Case> cases = {
+      {100'000, {}, 1, false},  // more requests could join within the delay
+      {0, {}, 1, true},         // no delay: batching could not wait for more
+      {100'000, {}, 8, true},   // fills max_batch_size alone
+      {100'000, {4}, 4, true},  // a preferred size alone
+      {100'000, {4}, 2, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "delay " << c.delay_us << " rows " << c.rows);
+    SchedulerOptions options = Options("add_one:1", 8);
+    options.dynamic_batching = Batching(c.delay_us, c.preferred);
+    auto scheduler = Scheduler::Create(*engine, std::move(options));
+    ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+    const std::vector<float> x = Rows(c.rows, 3);
+    Answer answer;
+    std::promise<void> done;
+    ASSERT_TRUE((*scheduler)
+                    ->Submit(AddOneRequest(x), Record(answer, &done), SubmitMode::kMayRunInline)
+                    .ok());
+    ASSERT_EQ(done.get_future().wait_for(kWait), std::future_status::ready);
+    EXPECT_EQ(answer.thread == std::this_thread::get_id(), c.expect_inline);
+    ASSERT_TRUE(answer.response->ok()) << answer.response->status();
+    EXPECT_EQ(Values<float>((*answer.response)->outputs[0]), PlusOne(x));
+    EXPECT_EQ((*answer.response)->stats.batch_size, c.rows);
+  }
+}
+
+TEST(SchedulerInlineTest, DrainWaitsForInlineRun) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  SchedulerOptions options = Options("add_one:1", 8);
+  BatchHold hold;
+  options.on_batch = hold.Hook();
+  auto scheduler = Scheduler::Create(*engine, std::move(options));
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  const std::vector<float> x = Rows(1, 1);
+  Answer answer;
+  std::thread io([&] {
+    EXPECT_TRUE(
+        (*scheduler)->Submit(AddOneRequest(x), Record(answer), SubmitMode::kMayRunInline).ok());
+  });
+  hold.WaitCalls(1);
+  auto drained = std::async(std::launch::async, [&] { (*scheduler)->Drain(); });
+  // The engine is still in use by the inline run: Drain must not return.
+  EXPECT_EQ(drained.wait_for(milliseconds(100)), std::future_status::timeout);
+  hold.Open();
+  ASSERT_EQ(drained.wait_for(kWait), std::future_status::ready);
+  io.join();
+  ASSERT_TRUE(answer.response.has_value());
+  EXPECT_TRUE(answer.response->ok());
+}
+
+TEST(SchedulerInlineTest, InlineCallbackMayDestroyScheduler) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  auto created = Scheduler::Create(*engine, Options("add_one:1", 8));
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Scheduler> scheduler = std::move(*created);
+  const std::vector<float> x = Rows(1, 1);
+  bool answered = false;
+  absl::Status status = scheduler->Submit(
+      AddOneRequest(x),
+      [&](absl::StatusOr<InferResponse> response) {
+        EXPECT_TRUE(response.ok());
+        scheduler.reset();  // as a hot swap's last request may
+        answered = true;
+      },
+      SubmitMode::kMayRunInline);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(answered);
+  EXPECT_EQ(scheduler, nullptr);
+}
+
+TEST(SchedulerInlineTest, InvalidRequestIsRejectedWithoutCallback) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  auto scheduler = Scheduler::Create(*engine, Options("add_one:1", 8));
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  const std::vector<float> x = {1, 2, 3};
+  InferRequest request;
+  request.inputs.push_back(InputTensor{"x", DataType::kFp32, {1, 3}, Bytes(x)});
+  bool called = false;
+  absl::Status status =
+      (*scheduler)
+          ->Submit(
+              std::move(request), [&](auto) { called = true; }, SubmitMode::kMayRunInline);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(called);
 }
 
 }  // namespace

@@ -56,6 +56,7 @@ int Run(int argc, char** argv) {
   std::string http_address = "127.0.0.1";
   int http_port = 8000;
   int http_threads = 2;
+  bool http_shared_loop = false;
   std::string control_mode = "none";
   std::vector<std::string> load_models;
   int poll_secs = 15;
@@ -87,6 +88,10 @@ int Run(int argc, char** argv) {
   app.add_option("--http-thread-count", http_threads, "HTTP io threads")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  app.add_flag("--http-shared-loop", http_shared_loop,
+               "Run one event loop on all HTTP io threads instead of one per thread (a "
+               "connection then moves between threads: a wake-up more per request, but a "
+               "thread busy with an inline inference delays none of the others' connections)");
   app.add_option("--model-control-mode", control_mode,
                  "none: load all at start; poll: also follow changes on disk; explicit: load "
                  "only --load-model and repository API requests")
@@ -183,6 +188,7 @@ int Run(int argc, char** argv) {
   server_options.address = http_address;
   server_options.port = static_cast<uint16_t>(http_port);
   server_options.threads = http_threads;
+  server_options.loop_per_thread = !http_shared_loop;
   server_options.max_body_bytes = max_body;
   server_options.request_timeout = std::chrono::milliseconds(request_timeout_ms);
   server_options.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
