@@ -305,23 +305,24 @@ absl::StatusOr<std::shared_ptr<const Pipeline::Binding>> Pipeline::Bind(
   auto binding = std::make_shared<Binding>();
   const Engine& engine = version->engine();
   const std::vector<TensorSpec>& inputs = engine.inputs();
-  if (inputs.size() != 1 && config_.preprocess.input.empty()) {
+  const PreprocessConfig pre_config =
+      ResolvePreprocess(version->config().preprocess, config_.preprocess);
+  if (inputs.size() != 1 && pre_config.input.empty()) {
     return absl::InvalidArgumentError(
         StrCat("model '", version->name(), "' has ", inputs.size(),
                " inputs: name the image input with preprocess.input"));
   }
   const TensorSpec* input = &inputs[0];
-  if (!config_.preprocess.input.empty()) {
+  if (!pre_config.input.empty()) {
     auto it = std::find_if(inputs.begin(), inputs.end(),
-                           [&](const TensorSpec& s) { return s.name == config_.preprocess.input; });
+                           [&](const TensorSpec& s) { return s.name == pre_config.input; });
     if (it == inputs.end()) {
-      return absl::InvalidArgumentError(StrCat("preprocess.input '", config_.preprocess.input,
-                                               "': model '", version->name(),
-                                               "' has no such input"));
+      return absl::InvalidArgumentError(StrCat("preprocess.input '", pre_config.input, "': model '",
+                                               version->name(), "' has no such input"));
     }
     input = &*it;
   }
-  absl::StatusOr<Preprocessor> pre = Preprocessor::Create(config_.preprocess, *input);
+  absl::StatusOr<Preprocessor> pre = Preprocessor::Create(pre_config, *input);
   if (!pre.ok()) return pre.status();
   binding->pre.emplace(std::move(*pre));
   std::vector<std::string> labels;
