@@ -191,8 +191,8 @@ int Run(int argc, char** argv) {
   config.source.type = pipeline::SourceType::kVideo;
   config.source.path = args.video;
   config.source.loop = true;
-  config.preprocess.mean = {0.485, 0.456, 0.406};
-  config.preprocess.std = {0.229, 0.224, 0.225};
+  config.preprocess.mean = std::array<double, 3>{0.485, 0.456, 0.406};
+  config.preprocess.std = std::array<double, 3>{0.229, 0.224, 0.225};
   config.postprocess.type = pipeline::PostprocessType::kClassification;
   pipeline::SinkConfig sink;
   sink.type = pipeline::SinkType::kJsonl;

@@ -28,7 +28,11 @@ Layout written (a model repository):
                                 rows (cx,cy,w,h,obj,person,car) in input pixels: four fixed
                                 boxes whose objectness is weight x max over pixels of
                                 relu(R - G) (1 for a red frame, 0 for grey, black, blue, green);
-                                labels.txt person/car
+                                labels.txt person/car; config.yaml preprocess: letterbox
+                                (pipelines that name it need no pre-processing of their own)
+  DIR/color_classifier_fp16/1/model.onnx, DIR/box_detector_fp16/1/model.onnx
+                                the same graphs with FP16 input and output (a Cast at
+                                each end): pre-processing writes FP16, post-processing reads it
   DIR/<arch>/1/model.onnx       torchvision architecture, input FP32[-1, 3, 224, 224]
 """
 
@@ -194,6 +198,22 @@ def box_detector():
     return make_model(helper.make_graph(nodes, "box_detector", [x], [y], inits))
 
 
+def fp16_io(model):
+    """`model` with its one input and one output in FP16: Cast nodes at both ends."""
+    g = model.graph
+    inp, out = g.input[0], g.output[0]
+    inner_in, inner_out = inp.name + "_fp32", out.name + "_fp32"
+    for node in g.node:
+        node.input[:] = [inner_in if n == inp.name else n for n in node.input]
+        node.output[:] = [inner_out if n == out.name else n for n in node.output]
+    nodes = [helper.make_node("Cast", [inp.name], [inner_in], to=TensorProto.FLOAT)] + \
+        list(g.node) + [helper.make_node("Cast", [inner_out], [out.name], to=TensorProto.FLOAT16)]
+    inp.type.tensor_type.elem_type = TensorProto.FLOAT16
+    out.type.tensor_type.elem_type = TensorProto.FLOAT16
+    graph = helper.make_graph(nodes, g.name + "_fp16", [inp], [out], list(g.initializer))
+    return make_model(graph)
+
+
 def export_torchvision(arch, out_dir):
     import torch
     import torchvision
@@ -233,7 +253,14 @@ def main():
         write_text(args.out, "color_classifier", "config.yaml", "max_batch_size: 4\nlabels: labels.txt\n")
         save(box_detector(), args.out, "box_detector", 1)
         write_text(args.out, "box_detector", "labels.txt", "person\ncar\n")
-        write_text(args.out, "box_detector", "config.yaml", "max_batch_size: 4\nlabels: labels.txt\n")
+        write_text(args.out, "box_detector", "config.yaml",
+                   "max_batch_size: 4\nlabels: labels.txt\npreprocess: {resize: letterbox}\n")
+        for name in ("color_classifier", "box_detector"):
+            model = color_classifier() if name == "color_classifier" else box_detector()
+            save(fp16_io(model), args.out, name + "_fp16", 1)
+            for f in ("labels.txt", "config.yaml"):
+                with open(os.path.join(args.out, name, f)) as src:
+                    write_text(args.out, name + "_fp16", f, src.read())
     for arch in args.torchvision:
         if not os.path.exists(os.path.join(args.out, arch, "1", "model.onnx")):
             export_torchvision(arch, args.out)

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Runs every libFuzzer target of a fuzz build for SECONDS each, starting from
-# the seed corpus beside its source (src/<dir>/fuzz_corpus/<name>/).
+# Runs every libFuzzer target of a fuzz build for SECONDS each (a few for a
+# share of it, see `percent` below), starting from the seed corpus beside
+# its source (src/<dir>/fuzz_corpus/<name>/).
 # Exit status is non-zero when any target finds a crash, leak or timeout.
 #   scripts/run_fuzzers.sh BUILD_DIR SECONDS
 set -euo pipefail
 build=$(cd "${1:?build dir}" && pwd)
 seconds=${2:-60}
 here=$(cd "$(dirname "$0")/.." && pwd)
-mapfile -t targets < <(find "$build/src" -maxdepth 2 -type f -name '*_fuzz' -perm -u+x | sort)
+# Targets whose input is local configuration rather than network input get
+# a share of the time: percent of SECONDS (default 100).
+declare -A percent=([pipeline_config]=50)
+mapfile -t targets < <(find "$build/src" -maxdepth 3 -type f -name '*_fuzz' -perm -u+x | sort)
 if [ ${#targets[@]} -eq 0 ]; then
   echo "run_fuzzers: no fuzz targets in $build" >&2
   exit 1
@@ -15,12 +19,13 @@ fi
 status=0
 for target in "${targets[@]}"; do
   name=$(basename "$target" _fuzz)
-  component=$(basename "$(dirname "$target")")
+  component=$(dirname "${target#"$build/src/"}")  # serve, serve/pipeline, ...
   seeds="$here/src/$component/fuzz_corpus/$name"
+  budget=$(( seconds * ${percent[$name]:-100} / 100 ))
   work=$(mktemp -d)
   [ -d "$seeds" ] && cp -r "$seeds/." "$work/"
-  echo "fuzz: $name for ${seconds}s (seeds: $(ls "$work" | wc -l))"
-  if ! (cd "$work" && "$target" -max_total_time="$seconds" -max_len=65536 -timeout=10 \
+  echo "fuzz: $name for ${budget}s (seeds: $(ls "$work" | wc -l))"
+  if ! (cd "$work" && "$target" -max_total_time="$budget" -max_len=65536 -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 "$work" >"$work.log" 2>&1); then
     echo "fuzz: $name FAILED; log tail:" >&2
     tail -n 60 "$work.log" >&2

@@ -186,7 +186,9 @@ std::optional<int> InferCommand::Run(std::ostream& out, std::ostream& err) {
     config.source.type = serve::pipeline::SourceType::kVideo;
     config.source.path = a.video;
   }
-  serve::pipeline::PreprocessConfig& pre = config.preprocess;
+  // Flags override the pipeline file's keys, which override the model
+  // config's (merged when the pipeline binds the model).
+  serve::PreprocessSpec& pre = config.preprocess;
   serve::pipeline::PostprocessConfig& post = config.postprocess;
   if (!a.resize.empty()) {
     pre.resize = a.resize == "letterbox" ? serve::pipeline::ResizeMode::kLetterbox
@@ -204,12 +206,19 @@ std::optional<int> InferCommand::Run(std::ostream& out, std::ostream& err) {
   }
   if (!a.color.empty()) pre.rgb = a.color == "rgb";
   if (a.scale) pre.scale = *a.scale;
-  if (!a.mean.empty() && !Triple(a.mean, &pre.mean)) {
-    return usage(StrCat("--mean must be three numbers a,b,c, got '", a.mean, "'"));
+  if (!a.mean.empty()) {
+    std::array<double, 3> mean{};
+    if (!Triple(a.mean, &mean)) {
+      return usage(StrCat("--mean must be three numbers a,b,c, got '", a.mean, "'"));
+    }
+    pre.mean = mean;
   }
-  if (!a.std.empty() &&
-      (!Triple(a.std, &pre.std) || *std::min_element(pre.std.begin(), pre.std.end()) <= 0)) {
-    return usage(StrCat("--std must be three positive numbers a,b,c, got '", a.std, "'"));
+  if (!a.std.empty()) {
+    std::array<double, 3> std{};
+    if (!Triple(a.std, &std) || *std::min_element(std.begin(), std.end()) <= 0) {
+      return usage(StrCat("--std must be three positive numbers a,b,c, got '", a.std, "'"));
+    }
+    pre.std = std;
   }
 
   serve::ServeMetrics metrics;

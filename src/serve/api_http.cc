@@ -208,6 +208,10 @@ void HttpApi::HandleModelMetadata(const http::Request& request, http::Responder 
                {"max_batch_size", mv.config().max_batch_size},
                {"execution_provider", std::string(ProviderName(mv.engine().provider()))},
                {"provider_fallbacks", fallbacks}};
+  // The model config's pre-processing (only the keys it writes), for
+  // clients that build the image tensor themselves.
+  if (!mv.config().preprocess.empty())
+    body["preprocess"] = PreprocessSpecJson(mv.config().preprocess);
   responder.Send(http::JsonResponse(request, http::Status::ok, body.dump()));
 }
 

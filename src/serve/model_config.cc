@@ -23,12 +23,12 @@
 namespace outpost::serve {
 namespace {
 
-constexpr std::array<std::string_view, 18> kTopLevelKeys = {
+constexpr std::array<std::string_view, 19> kTopLevelKeys = {
     "max_batch_size",      "dynamic_batching", "max_queue_size",   "instance_count",
     "execution_providers", "strict_providers", "intra_op_threads", "inter_op_threads",
     "graph_optimization",  "cpu_arena",        "session_config",   "warmup",
     "version_policy",      "inputs",           "outputs",          "labels",
-    "output_score",        "inline_execution"};
+    "output_score",        "inline_execution", "preprocess"};
 constexpr std::array<std::string_view, 2> kDynamicBatchingKeys = {"max_queue_delay_us",
                                                                   "preferred_batch_sizes"};
 constexpr std::array<std::string_view, 3> kOutputScoreKeys = {"output", "kind", "buckets"};
@@ -221,6 +221,8 @@ class ConfigParser {
             config.max_batch_size_set = true;
           } else if (name == "dynamic_batching") {
             ASSIGN_OR_RETURN(config.dynamic_batching, ParseDynamicBatching(value, key));
+          } else if (name == "preprocess") {
+            ASSIGN_OR_RETURN(config.preprocess, ParsePreprocessSpec(value, source_, key));
           } else if (name == "max_queue_size") {
             ASSIGN_OR_RETURN(config.max_queue_size, Int(value, key, 1, kMaxQueueSize));
           } else if (name == "instance_count") {

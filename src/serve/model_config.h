@@ -28,6 +28,10 @@
 //     kind: softmax_max          # auto | softmax_max | max | value
 //     buckets: [0.5, 0.9, 1.0]   # upper edges, strictly increasing, 1..64; default 0.1..1.0
 //   # or `output_score: off`
+//   preprocess:                  # how pipelines and `outpost infer` turn a frame into the
+//     resize: letterbox          # image input (serve/preprocess_spec.h lists every key);
+//     mean: [0.485, 0.456, 0.406]  # a pipeline's own preprocess section overrides it
+//     std: [0.229, 0.224, 0.225]   # key by key
 //
 // Shapes in `inputs`/`outputs` exclude the batch dimension when
 // max_batch_size > 0, as in Triton.
@@ -42,6 +46,7 @@
 
 #include "common/status.h"
 #include "serve/output_score.h"
+#include "serve/preprocess_spec.h"
 #include "serve/tensor.h"
 
 namespace outpost::serve {
@@ -87,6 +92,8 @@ struct ModelConfig {
   std::vector<TensorSpec> outputs;  // overrides; empty = from the model
   std::string labels_file;          // relative to the model folder
   OutputScoreConfig output_score;
+  // Pre-processing for pipelines; only the keys written in the file are set.
+  PreprocessSpec preprocess;
   // True when max_batch_size came from the file rather than inference.
   bool max_batch_size_set = false;
 };

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace outpost::serve {
@@ -503,6 +504,80 @@ TEST(ModelConfigOutputScoreTest, BadValuesNameTheKey) {
   EXPECT_EQ(message("output_score: {buckets: [a]}"),
             "c.yaml: key 'output_score.buckets[0]': must be a finite number, got 'a'");
   EXPECT_NE(message("output_score: {outptu: y}").find("did you mean 'output'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace outpost::serve
+
+namespace outpost::serve {
+namespace {
+
+TEST(ModelConfigTest, PreprocessSectionKeepsOnlyTheKeysWritten) {
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(R"(
+preprocess:
+  resize: letterbox
+  size: [320, 240]
+  color: bgr
+  mean: [0.485, 0.456, 0.406]
+  std: [0.229, 0.224, 0.225]
+  layout: nhwc
+  dtype: fp16
+  pad_value: 0
+)",
+                                                        "models/m/config.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const PreprocessSpec& p = config->preprocess;
+  EXPECT_EQ(p.resize, ResizeMode::kLetterbox);
+  EXPECT_EQ(p.width, 320);
+  EXPECT_EQ(p.height, 240);
+  EXPECT_EQ(p.rgb, false);
+  EXPECT_EQ(p.mean, (std::array<double, 3>{0.485, 0.456, 0.406}));
+  EXPECT_EQ(p.std, (std::array<double, 3>{0.229, 0.224, 0.225}));
+  EXPECT_EQ(p.layout, Layout::kNhwc);
+  EXPECT_EQ(p.dtype, DataType::kFp16);
+  EXPECT_EQ(p.pad_value, 0);
+  EXPECT_FALSE(p.scale.has_value());  // not written: a pipeline or the default decides
+  EXPECT_FALSE(p.input.has_value());
+  EXPECT_EQ(PreprocessSpecJson(p).dump(),
+            R"({"color":"bgr","dtype":"fp16","layout":"nhwc","mean":[0.485,0.456,0.406],)"
+            R"("pad_value":0,"resize":"letterbox","size":[320,240],"std":[0.229,0.224,0.225]})");
+
+  absl::StatusOr<ModelConfig> none = ParseModelConfig("max_batch_size: 1\n", "c.yaml");
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->preprocess.empty());
+}
+
+TEST(ModelConfigTest, PreprocessErrorsNameFileAndKey) {
+  auto error = [](std::string_view yaml) {
+    absl::StatusOr<ModelConfig> c = ParseModelConfig(yaml, "models/m/config.yaml");
+    EXPECT_FALSE(c.ok()) << yaml;
+    return c.ok() ? std::string() : std::string(MessageOf(c.status()));
+  };
+  EXPECT_EQ(error("preprocess: {resize: crop}\n"),
+            "models/m/config.yaml: key 'preprocess.resize': must be one of stretch, letterbox; "
+            "got 'crop'");
+  EXPECT_EQ(error("preprocess: {mean: [1, 2]}\n"),
+            "models/m/config.yaml: key 'preprocess.mean': must be a list of 3 numbers, got a list");
+  EXPECT_EQ(error("preprocess: {std: [1, 0, 1]}\n"),
+            "models/m/config.yaml: key 'preprocess.std[1]': must be in 1e-12..1e+09, got 0");
+  EXPECT_EQ(error("preprocess: {dtype: int8}\n"),
+            "models/m/config.yaml: key 'preprocess.dtype': must be one of fp32, fp16, uint8; got "
+            "'int8'");
+  EXPECT_EQ(error("preprocess: {layout: chw}\n"),
+            "models/m/config.yaml: key 'preprocess.layout': must be one of nchw, nhwc; got 'chw'");
+  EXPECT_EQ(error("preprocess: {size: [640]}\n"),
+            "models/m/config.yaml: key 'preprocess.size': must be [width, height], got a list");
+  EXPECT_EQ(error("preprocess: {pad_value: 300}\n"),
+            "models/m/config.yaml: key 'preprocess.pad_value': must be in 0..255, got 300");
+  EXPECT_THAT(error("preprocess: {colour: rgb}\n"),
+              HasSubstr("key 'preprocess.colour': unknown key (known: input, resize, size, color"));
+  EXPECT_EQ(error("preprocess: {color: rgb, color: bgr}\n"),
+            "models/m/config.yaml: key 'preprocess.color': repeated");
+  EXPECT_EQ(error("preprocess: letterbox\n"),
+            "models/m/config.yaml: key 'preprocess': must be a map, got 'letterbox'");
+  EXPECT_EQ(error("preprocess: {dtype: uint8, scale: 1}\n"),
+            "models/m/config.yaml: key 'preprocess.dtype': uint8 input takes the pixels as they "
+            "are: remove scale, mean and std");
 }
 
 }  // namespace

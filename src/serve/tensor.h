@@ -36,6 +36,11 @@ DataType DataTypeFromName(std::string_view name);
 // Bytes per element; 0 for kBytes and kInvalid.
 size_t DataTypeSize(DataType type);
 
+// IEEE 754 binary16 <-> binary32. FloatToHalf rounds to nearest (ties away
+// from zero), overflows to infinity and keeps NaN a NaN.
+uint16_t FloatToHalf(float value);
+float HalfToFloat(uint16_t half);
+
 // Number of elements of a fully known shape; -1 if any dimension is negative
 // or the product overflows int64.
 int64_t ElementCount(std::span<const int64_t> shape);

@@ -6,8 +6,11 @@ VideoWriter/imwrite: nothing downloaded) through a classification pipeline
 (color_classifier: the top class is the frame's colour) and a detection
 pipeline (box_detector: fixed boxes, present on red frames only), an HTTP
 MJPEG stream served by the test on loopback, a camera that does not exist,
-a model that does not fit the post-processing; results checked in the
-sinks (JSON lines, the SQLite queue, a webhook) and in /metrics.
+a model that does not fit the post-processing; pre-processing taken from
+the model's config.yaml (box_detector: letterbox) with and without a
+pipeline override, and FP16 models (FP16 input written by pre-processing,
+FP16 outputs read by post-processing); results checked in the sinks (JSON
+lines, the SQLite queue, a webhook) and in /metrics.
 
 Environment: OUTPOST_SERVE_BIN, OUTPOST_CLI_BIN, OUTPOST_TEST_MODELS,
 OUTPOST_PIPELINE_MEDIA_BIN.
@@ -155,13 +158,36 @@ preprocess: {resize: letterbox}
 postprocess: {type: detection, confidence_threshold: 0.5, iou_threshold: 0.45}
 sinks: [{type: jsonl, path: %(tmp)s/out/det_video.jsonl}]
 """,
+    # No preprocess section: box_detector's config.yaml letterboxes.
     "det_folder": """
 name: det_folder
 source: {type: folder, path: %(tmp)s/det_images}
 model: box_detector
-preprocess: {resize: letterbox}
 postprocess: {type: detection, confidence_threshold: 0.5}
 sinks: [{type: jsonl, path: %(tmp)s/out/det_folder.jsonl}]
+""",
+    # The pipeline's resize overrides the model config's.
+    "det_stretch": """
+name: det_stretch
+source: {type: folder, path: %(tmp)s/det_images}
+model: box_detector
+preprocess: {resize: stretch}
+postprocess: {type: detection, confidence_threshold: 0.5}
+sinks: [{type: jsonl, path: %(tmp)s/out/det_stretch.jsonl}]
+""",
+    "det_fp16": """
+name: det_fp16
+source: {type: video, path: %(tmp)s/det.avi}
+model: box_detector_fp16
+postprocess: {type: detection, confidence_threshold: 0.5, iou_threshold: 0.45}
+sinks: [{type: jsonl, path: %(tmp)s/out/det_fp16.jsonl}]
+""",
+    "cls_fp16": """
+name: cls_fp16
+source: {type: video, path: %(tmp)s/cls.avi}
+model: color_classifier_fp16
+postprocess: {type: classification, top_k: 3}
+sinks: [{type: jsonl, path: %(tmp)s/out/cls_fp16.jsonl}]
 """,
     "camera": """
 name: camera
@@ -193,7 +219,9 @@ sinks: [{type: jsonl, path: %(tmp)s/out/mismatch.jsonl}]
 """,
 }
 
-FILE_PIPELINES = ["cls_video", "cls_folder", "det_video", "det_folder", "mismatch"]
+FILE_PIPELINES = ["cls_video", "cls_folder", "det_video", "det_folder", "det_stretch", "det_fp16",
+                  "cls_fp16", "mismatch"]
+MODELS = ["color_classifier", "box_detector", "color_classifier_fp16", "box_detector_fp16"]
 
 
 @unittest.skipUnless(MEDIA and CLI, "needs OUTPOST_PIPELINE_MEDIA_BIN and OUTPOST_CLI_BIN")
@@ -228,8 +256,8 @@ class PipelinesTest(unittest.TestCase):
                 f.write(text % {"tmp": tmp, "hook": cls.hook.server_address[1],
                                 "mjpeg": cls.mjpeg.server_address[1]})
             flags += ["--pipeline", path]
-        server = harness.Server(models=["color_classifier", "box_detector"], flags=flags)
-        for model in ("color_classifier", "box_detector"):
+        server = harness.Server(models=MODELS, flags=flags)
+        for model in MODELS:
             for f in ("config.yaml", "labels.txt"):
                 shutil.copyfile(os.path.join(harness.test_models_dir(), model, f),
                                 os.path.join(server.repo, model, f))
@@ -337,6 +365,30 @@ class PipelinesTest(unittest.TestCase):
         results = self.out("det_folder")
         self.assertEqual(len(results), 3)
         self.check_detections(results, [True, False, True])
+
+    def test_preprocessing_from_the_model_config_and_a_pipeline_override(self):
+        meta = self.server.get("/v2/models/box_detector").json()
+        self.assertEqual(meta["preprocess"], {"resize": "letterbox"})
+        self.assertNotIn("preprocess", self.server.get("/v2/models/color_classifier").json())
+        # det_folder (no section) letterboxes: test_folder_through_detection.
+        # det_stretch stretches 1280x720 into 64x64: x by 20, y by 11.25.
+        results = self.out("det_stretch")
+        self.assertEqual(len(results), 3)
+        self.assertEqual([len(r["detections"]) for r in results], [2, 0, 2])
+        self.assertEqual(results[0]["detections"][0]["box"], [240.0, 135.0, 560.0, 315.0])
+
+    def test_fp16_models_through_detection_and_classification(self):
+        meta = self.server.get("/v2/models/box_detector_fp16").json()
+        self.assertEqual([i["datatype"] for i in meta["inputs"] + meta["outputs"]], ["FP16", "FP16"])
+        results = self.out("det_fp16")
+        self.assertEqual(len(results), DET_FRAMES)
+        self.check_detections(results, [i % 2 == 0 for i in range(DET_FRAMES)])
+        results = self.out("cls_fp16")
+        self.assertEqual(len(results), CLS_FRAMES)
+        for i, r in enumerate(results):
+            self.assertEqual(r["model"], "color_classifier_fp16")
+            self.assertEqual(r["classes"][0]["label"], CLS_COLOURS[i % 3])
+            self.assertGreater(r["classes"][0]["score"], 0.99)
 
     def test_a_model_that_does_not_fit_stops_the_pipeline_clearly(self):
         results = self.out("mismatch")
@@ -475,6 +527,21 @@ class InferCliTest(unittest.TestCase):
         self.assertEqual([len(r["detections"]) for r in lines], [2, 0, 2, 0])
         self.assertEqual(lines[0]["detections"][0]["box"], DET_PERSON)
         self.assertEqual(lines[0]["detections"][0]["label"], "person")  # labels from config.yaml
+
+    def test_preprocessing_from_the_model_config(self):
+        # No --resize: box_detector's config.yaml (beside the version folder) letterboxes.
+        code, lines, err = self.infer("--model", f"{self.models}/box_detector_fp16/1/model.onnx",
+                                      "--video", f"{self.tmp}/clip.avi", "--task", "detection",
+                                      "--threshold", "0.5")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([len(r["detections"]) for r in lines], [2, 0, 2, 0])
+        self.assertEqual(lines[0]["detections"][0]["box"], DET_PERSON)
+        # --resize overrides it.
+        code, lines, err = self.infer("--model", f"{self.models}/box_detector",
+                                      "--video", f"{self.tmp}/clip.avi", "--task", "detection",
+                                      "--threshold", "0.5", "--resize", "stretch")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(lines[0]["detections"][0]["box"], [240.0, 135.0, 560.0, 315.0])
 
     def test_a_folder_to_a_file(self):
         out = f"{self.tmp}/out.jsonl"

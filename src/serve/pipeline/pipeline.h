@@ -53,6 +53,9 @@ class Pipeline {
   // Opens the sinks and makes the source (not opened yet). `repository`
   // and `families` are borrowed and must outlive the pipeline. Errors: those
   // of OpenSink / MakeFrameSource, naming the pipeline.
+  // Process-wide side effect: OpenCV's own thread pool is turned off
+  // (cv::setNumThreads(0)), so resize and colour conversion run on the
+  // pipeline's threads; see docs/pipelines.md "Threads".
   static absl::StatusOr<std::unique_ptr<Pipeline>> Create(PipelineConfig config,
                                                           ModelRepository& repository,
                                                           PipelineMetricFamilies& families);

@@ -58,6 +58,24 @@ std::string_view SinkTypeName(SinkType type) {
   return "?";
 }
 
+PreprocessConfig ResolvePreprocess(const PreprocessSpec& model, const PreprocessSpec& pipeline) {
+  const PreprocessSpec spec = serve::MergePreprocessSpec(model, pipeline);
+  PreprocessConfig out;
+  if (spec.input) out.input = *spec.input;
+  if (spec.resize) out.resize = *spec.resize;
+  out.width = spec.width;
+  out.height = spec.height;
+  if (spec.rgb) out.rgb = *spec.rgb;
+  if (spec.scale) out.scale = *spec.scale;
+  if (spec.mean) out.mean = *spec.mean;
+  if (spec.std) out.std = *spec.std;
+  out.layout = spec.layout;
+  out.dtype = spec.dtype;
+  if (spec.pad_value) out.pad_value = *spec.pad_value;
+  out.normalizes = spec.normalizes();
+  return out;
+}
+
 namespace {
 
 using Keys = std::initializer_list<std::string_view>;
@@ -223,65 +241,6 @@ class Parser {
     if (node["read_timeout_ms"]) {
       ASSIGN_OR_RETURN(out.read_timeout,
                        Millis(node["read_timeout_ms"], "source.read_timeout_ms", 100));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status Triple(const YAML::Node& node, std::string_view key, bool positive,
-                      std::array<double, 3>& out) const {
-    if (!node.IsSequence() || node.size() != 3) {
-      return Error(key, StrCat("must be a list of 3 numbers, got ", Describe(node)));
-    }
-    for (size_t i = 0; i < 3; ++i) {
-      ASSIGN_OR_RETURN(out[i],
-                       Double(node[i], StrCat(key, "[", i, "]"), positive ? 1e-12 : -1e9, 1e9));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status Preprocess(const YAML::Node& node, PreprocessConfig& out) {
-    RETURN_IF_ERROR(CheckMap(node, "preprocess",
-                             {"input", "resize", "size", "color", "scale", "mean", "std", "layout",
-                              "dtype", "pad_value"}));
-    if (node["input"]) {
-      ASSIGN_OR_RETURN(out.input, String(node["input"], "preprocess.input"));
-    }
-    if (node["resize"]) {
-      ASSIGN_OR_RETURN(size_t r,
-                       Choice(node["resize"], "preprocess.resize", {"stretch", "letterbox"}));
-      out.resize = static_cast<ResizeMode>(r);
-    }
-    if (node["size"]) {
-      const YAML::Node& s = node["size"];
-      if (!s.IsSequence() || s.size() != 2) {
-        return Error("preprocess.size", StrCat("must be [width, height], got ", Describe(s)));
-      }
-      ASSIGN_OR_RETURN(int64_t w, Int(s[0], "preprocess.size[0]", 1, 16384));
-      ASSIGN_OR_RETURN(int64_t h, Int(s[1], "preprocess.size[1]", 1, 16384));
-      out.width = static_cast<int>(w);
-      out.height = static_cast<int>(h);
-    }
-    if (node["color"]) {
-      ASSIGN_OR_RETURN(size_t c, Choice(node["color"], "preprocess.color", {"rgb", "bgr"}));
-      out.rgb = c == 0;
-    }
-    if (node["scale"]) {
-      ASSIGN_OR_RETURN(out.scale, Double(node["scale"], "preprocess.scale", -1e9, 1e9));
-      scale_set_ = true;
-    }
-    if (node["mean"]) RETURN_IF_ERROR(Triple(node["mean"], "preprocess.mean", false, out.mean));
-    if (node["std"]) RETURN_IF_ERROR(Triple(node["std"], "preprocess.std", true, out.std));
-    if (node["layout"]) {
-      ASSIGN_OR_RETURN(size_t l, Choice(node["layout"], "preprocess.layout", {"nchw", "nhwc"}));
-      out.layout = static_cast<Layout>(l);
-    }
-    if (node["dtype"]) {
-      ASSIGN_OR_RETURN(size_t d, Choice(node["dtype"], "preprocess.dtype", {"fp32", "uint8"}));
-      out.dtype = d == 0 ? DataType::kFp32 : DataType::kUint8;
-    }
-    if (node["pad_value"]) {
-      ASSIGN_OR_RETURN(int64_t p, Int(node["pad_value"], "preprocess.pad_value", 0, 255));
-      out.pad_value = static_cast<int>(p);
     }
     return absl::OkStatus();
   }
@@ -463,15 +422,12 @@ class Parser {
                          Int(model["version"], "model.version", 0, INT64_MAX));
       }
     }
-    if (root["preprocess"]) RETURN_IF_ERROR(Preprocess(root["preprocess"], config.preprocess));
+    if (root["preprocess"]) {
+      ASSIGN_OR_RETURN(config.preprocess,
+                       serve::ParsePreprocessSpec(root["preprocess"], source_, "preprocess"));
+    }
     if (!root["postprocess"]) return Error("postprocess", "required");
     RETURN_IF_ERROR(Postprocess(root["postprocess"], config.postprocess));
-    if (config.preprocess.dtype == DataType::kUint8 &&
-        (config.preprocess.mean != std::array<double, 3>{0, 0, 0} ||
-         config.preprocess.std != std::array<double, 3>{1, 1, 1} || scale_set_)) {
-      return Error("preprocess.dtype",
-                   "uint8 input takes the pixels as they are: remove scale, mean and std");
-    }
     if (!root["sinks"]) return Error("sinks", "required (at least one sink)");
     const YAML::Node& sinks = root["sinks"];
     if (!sinks.IsSequence() || sinks.size() == 0) {
@@ -492,7 +448,6 @@ class Parser {
  private:
   const std::string source_;
   const std::filesystem::path base_dir_;
-  bool scale_set_ = false;
 };
 
 }  // namespace

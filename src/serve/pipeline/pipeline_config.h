@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "serve/preprocess_spec.h"
 #include "serve/tensor.h"
 
 namespace outpost::serve::pipeline {
@@ -37,9 +38,12 @@ struct SourceConfig {
   std::chrono::milliseconds read_timeout{10000};
 };
 
-enum class ResizeMode { kStretch, kLetterbox };
-enum class Layout { kNchw, kNhwc };
+using serve::Layout;
+using serve::PreprocessSpec;
+using serve::ResizeMode;
 
+// Pre-processing with every key resolved: the model config's `preprocess`
+// section, overridden key by key by the pipeline's (ResolvePreprocess).
 // Empty optionals take the model input's value (size and layout from its
 // shape, dtype from its datatype).
 struct PreprocessConfig {
@@ -51,9 +55,14 @@ struct PreprocessConfig {
   std::array<double, 3> mean = {0, 0, 0};  // in the model's colour order, after scale
   std::array<double, 3> std = {1, 1, 1};
   std::optional<Layout> layout;
-  std::optional<DataType> dtype;  // FP32 or UINT8
+  std::optional<DataType> dtype;  // FP32, FP16 or UINT8
   int pad_value = 114;            // letterbox border, per channel
+  bool normalizes = false;        // scale, mean or std was written (not for UINT8 input)
 };
+
+// `model` is the model config's section, `pipeline` the pipeline's: each key
+// the pipeline sets wins, then the model's, then the defaults above.
+PreprocessConfig ResolvePreprocess(const PreprocessSpec& model, const PreprocessSpec& pipeline);
 
 enum class PostprocessType { kClassification, kDetection, kAnomaly, kRaw };
 std::string_view PostprocessTypeName(PostprocessType type);
@@ -100,7 +109,7 @@ struct PipelineConfig {
   SourceConfig source;
   std::string model;
   int64_t model_version = 0;  // 0 = the newest loaded
-  PreprocessConfig preprocess;
+  PreprocessSpec preprocess;  // as written; merged with the model's at bind time
   PostprocessConfig postprocess;
   std::vector<SinkConfig> sinks;
   // Frames submitted to the model and not yet post-processed. 2 lets the

@@ -36,10 +36,7 @@ TEST(PipelineConfigTest, MinimalTakesDefaults) {
   EXPECT_EQ(c->source.queue_size, 2);
   EXPECT_EQ(c->model, "classifier");
   EXPECT_EQ(c->model_version, 0);
-  EXPECT_EQ(c->preprocess.resize, ResizeMode::kStretch);
-  EXPECT_TRUE(c->preprocess.rgb);
-  EXPECT_FALSE(c->preprocess.width.has_value());
-  EXPECT_FALSE(c->preprocess.layout.has_value());
+  EXPECT_TRUE(c->preprocess.empty());  // no section: the model's config decides
   EXPECT_EQ(c->postprocess.type, PostprocessType::kClassification);
   EXPECT_EQ(c->postprocess.top_k, 5);
   ASSERT_EQ(c->sinks.size(), 1u);
@@ -98,10 +95,10 @@ max_in_flight: 3
   EXPECT_EQ(c->preprocess.resize, ResizeMode::kLetterbox);
   EXPECT_EQ(*c->preprocess.width, 640);
   EXPECT_EQ(*c->preprocess.height, 480);
-  EXPECT_FALSE(c->preprocess.rgb);
+  EXPECT_EQ(c->preprocess.rgb, false);
   EXPECT_EQ(c->preprocess.scale, 1);
-  EXPECT_EQ(c->preprocess.mean[2], 3);
-  EXPECT_EQ(c->preprocess.std[0], 4);
+  EXPECT_EQ((*c->preprocess.mean)[2], 3);
+  EXPECT_EQ((*c->preprocess.std)[0], 4);
   EXPECT_EQ(*c->preprocess.layout, Layout::kNhwc);
   EXPECT_EQ(*c->preprocess.dtype, DataType::kFp32);
   EXPECT_EQ(c->preprocess.pad_value, 0);
@@ -178,6 +175,43 @@ TEST(PipelineConfigTest, ErrorsNameTheFileTheKeyAndTheReason) {
             "p.yaml: key 'source.reconnect.max_ms': must be >= initial_ms");
   EXPECT_EQ(with("path: clips/door.avi", "path: a, loop: true, loop: false"),
             "p.yaml: key 'source.loop': repeated");
+}
+
+TEST(PipelineConfigTest, ParsesFp16Dtype) {
+  absl::StatusOr<PipelineConfig> c = Parse(StrCat(kMinimal, "preprocess: {dtype: fp16}\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->preprocess.dtype, DataType::kFp16);
+}
+
+TEST(PipelineConfigTest, PipelineKeysOverrideTheModelsOneByOne) {
+  PreprocessSpec model;
+  model.resize = ResizeMode::kLetterbox;
+  model.mean = std::array<double, 3>{0.5, 0.5, 0.5};
+  model.std = std::array<double, 3>{0.25, 0.25, 0.25};
+  model.width = 320;
+  model.height = 240;
+  model.pad_value = 0;
+  PreprocessSpec pipeline;
+  pipeline.std = std::array<double, 3>{2, 2, 2};
+  pipeline.width = 64;  // size is one key: the pipeline's width without a height
+  pipeline.rgb = false;
+  PreprocessConfig c = ResolvePreprocess(model, pipeline);
+  EXPECT_EQ(c.resize, ResizeMode::kLetterbox);                // model
+  EXPECT_EQ(c.mean, (std::array<double, 3>{0.5, 0.5, 0.5}));  // model
+  EXPECT_EQ(c.std, (std::array<double, 3>{2, 2, 2}));         // pipeline
+  EXPECT_EQ(c.width, 64);
+  EXPECT_FALSE(c.height.has_value());
+  EXPECT_FALSE(c.rgb);                   // pipeline
+  EXPECT_EQ(c.pad_value, 0);             // model
+  EXPECT_DOUBLE_EQ(c.scale, 1 / 255.0);  // neither: the default
+  EXPECT_TRUE(c.normalizes);
+
+  PreprocessConfig defaults = ResolvePreprocess({}, {});
+  EXPECT_EQ(defaults.resize, ResizeMode::kStretch);
+  EXPECT_TRUE(defaults.rgb);
+  EXPECT_EQ(defaults.pad_value, 114);
+  EXPECT_FALSE(defaults.normalizes);
+  EXPECT_FALSE(defaults.dtype.has_value());
 }
 
 TEST(PipelineConfigTest, LoadNamesAMissingFile) {

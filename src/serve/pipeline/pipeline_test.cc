@@ -34,7 +34,8 @@ class PipelineTest : public ::testing::Test {
                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_ / "models");
-    for (const char* model : {"color_classifier", "box_detector"}) {
+    for (const char* model :
+         {"color_classifier", "box_detector", "color_classifier_fp16", "box_detector_fp16"}) {
       ASSERT_TRUE(fs::exists(TestModels() / model)) << "run through ctest (OUTPOST_TEST_MODELS)";
       fs::copy(TestModels() / model, dir_ / "models" / model, fs::copy_options::recursive);
     }
@@ -180,6 +181,59 @@ sinks: [{type: jsonl, path: boxes.jsonl}, {type: queue, path: queue.db}]
   EXPECT_TRUE(fs::exists(dir_ / "queue.db"));
 }
 
+// box_detector's config.yaml says `preprocess: {resize: letterbox}`; these
+// pipelines have no pre-processing of their own, or override one key.
+TEST_F(PipelineTest, PreprocessingComesFromTheModelConfigAndFp16RunsBothWays) {
+  Image("a-red.png", {0, 0, 255}, 1280, 720);
+  Image("b-blue.png", {255, 0, 0}, 1280, 720);
+  auto letterbox = Make(R"(
+name: fp16
+source: {type: folder, path: images}
+model: box_detector_fp16
+postprocess: {type: detection, confidence_threshold: 0.5}
+sinks: [{type: jsonl, path: fp16.jsonl}]
+)");
+  auto stretch = Make(R"(
+name: stretched
+source: {type: folder, path: images}
+model: box_detector
+preprocess: {resize: stretch}
+postprocess: {type: detection, confidence_threshold: 0.5}
+sinks: [{type: jsonl, path: stretch.jsonl}]
+)");
+  auto classes = Make(R"(
+name: cls16
+source: {type: folder, path: images}
+model: color_classifier_fp16
+postprocess: {type: classification, top_k: 1}
+sinks: [{type: jsonl, path: cls16.jsonl}]
+)");
+  ASSERT_TRUE(letterbox && stretch && classes);
+  for (Pipeline* p : {letterbox.get(), stretch.get(), classes.get()}) p->Start();
+  for (Pipeline* p : {letterbox.get(), stretch.get(), classes.get()}) {
+    ASSERT_TRUE(p->Wait(std::chrono::seconds(60)));
+    EXPECT_EQ(p->state(), Pipeline::State::kFinished) << p->error();
+  }
+  std::vector<json> r = Results(dir_ / "fp16.jsonl");
+  ASSERT_EQ(r.size(), 2u);
+  ASSERT_EQ(r[0]["detections"].size(), 2u) << r[0].dump();
+  // Letterboxed (the model's key): scale 0.05, 14 rows of border above.
+  EXPECT_EQ(r[0]["detections"][0]["label"], "person");
+  EXPECT_NEAR(r[0]["detections"][0]["score"].get<double>(), 0.9, 0.03);
+  EXPECT_EQ(r[0]["detections"][0]["box"], json({240.0, 0.0, 560.0, 280.0}));
+  EXPECT_TRUE(r[1]["detections"].empty()) << r[1].dump();
+  r = Results(dir_ / "stretch.jsonl");
+  ASSERT_EQ(r.size(), 2u);
+  ASSERT_EQ(r[0]["detections"].size(), 2u) << r[0].dump();
+  // Stretched (the pipeline's key wins): x by 20, y by 11.25.
+  EXPECT_EQ(r[0]["detections"][0]["box"], json({240.0, 135.0, 560.0, 315.0}));
+  r = Results(dir_ / "cls16.jsonl");
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0]["classes"][0]["label"], "red");
+  EXPECT_EQ(r[1]["classes"][0]["label"], "blue");
+  EXPECT_GT(r[0]["classes"][0]["score"].get<double>(), 0.99);
+}
+
 TEST_F(PipelineTest, AHotSwapIsPickedUpAtTheNextFrame) {
   Image("red.png", {0, 0, 255});
   auto p = Make(R"(
@@ -233,7 +287,7 @@ sinks: [{type: jsonl, path: wrong.jsonl}]
   EXPECT_EQ(p->state(), Pipeline::State::kFailed);
   EXPECT_THAT(p->error(), HasSubstr("model 'color_classifier' version 1 does not fit the pipeline: "
                                     "model output 'probs' is FP32 [-1,3]: detection (yolov5) "
-                                    "needs an FP32 output"));
+                                    "needs an FP32 or FP16 output"));
   // The source stopped too: no frames are read for nothing.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   double frames = p->metrics().frames_received();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 
@@ -20,14 +21,15 @@ std::vector<int64_t> FrameDims(const std::vector<int64_t>& shape, bool batched) 
 std::string Needs(const PostprocessConfig& c) {
   switch (c.type) {
     case PostprocessType::kClassification:
-      return "classification needs one FP32 score per class ([N, classes] or [classes], other "
+      return "classification needs one FP32 or FP16 score per class ([N, classes] or [classes], "
+             "other "
              "dimensions 1)";
     case PostprocessType::kDetection:
       return c.format == DetectionFormat::kYoloV5
-                 ? "detection (yolov5) needs an FP32 output [N, boxes, 5 + classes]"
-                 : "detection (yolov8) needs an FP32 output [N, 4 + classes, boxes]";
+                 ? "detection (yolov5) needs an FP32 or FP16 output [N, boxes, 5 + classes]"
+                 : "detection (yolov8) needs an FP32 or FP16 output [N, 4 + classes, boxes]";
     case PostprocessType::kAnomaly:
-      return "anomaly needs an FP32 output with one value per frame";
+      return "anomaly needs an FP32 or FP16 output with one value per frame";
     case PostprocessType::kRaw:
       break;
   }
@@ -54,9 +56,34 @@ bool Fits(const PostprocessConfig& c, const std::vector<int64_t>& dims) {
   return false;
 }
 
-std::span<const float> Floats(const OutputTensor& out) {
-  return {reinterpret_cast<const float*>(out.data.data()), out.data.size() / sizeof(float)};
-}
+bool IsFloat(DataType type) { return type == DataType::kFp32 || type == DataType::kFp16; }
+
+// An FP32 or FP16 output read as floats in place: FP16 values are widened
+// as they are read, with no converted copy of the tensor.
+class FloatView {
+ public:
+  explicit FloatView(const OutputTensor& out)
+      : data_(out.data.data()),
+        half_(out.datatype == DataType::kFp16),
+        size_(out.data.size() / (half_ ? sizeof(uint16_t) : sizeof(float))) {}
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  float operator[](size_t i) const {
+    if (half_) {
+      uint16_t h;
+      std::memcpy(&h, data_ + i * sizeof(h), sizeof(h));
+      return HalfToFloat(h);
+    }
+    float f;
+    std::memcpy(&f, data_ + i * sizeof(f), sizeof(f));
+    return f;
+  }
+
+ private:
+  const std::byte* data_;
+  bool half_;
+  size_t size_;
+};
 
 template <typename T>
 json Values(const OutputTensor& out) {
@@ -91,8 +118,14 @@ json RawValues(const OutputTensor& out) {
       return Values<uint64_t>(out);
     case DataType::kBool:
       return Values<bool>(out);
+    case DataType::kFp16: {
+      json values = json::array();
+      FloatView view(out);
+      for (size_t i = 0; i < view.size(); ++i) values.push_back(view[i]);
+      return values;
+    }
     default:
-      return nullptr;  // FP16: no JSON number type; the shape still says what came out
+      return nullptr;
   }
 }
 
@@ -171,7 +204,7 @@ absl::StatusOr<std::unique_ptr<Postprocessor>> Postprocessor::Create(
   p->output_indices_ = {index};
   p->output_name_ = spec.name;
   if (config.type != PostprocessType::kRaw) {
-    if (spec.datatype != DataType::kFp32 || !Fits(config, FrameDims(spec.shape, batched))) {
+    if (!IsFloat(spec.datatype) || !Fits(config, FrameDims(spec.shape, batched))) {
       return absl::InvalidArgumentError(StrCat("model output '", spec.name, "' is ",
                                                DataTypeName(spec.datatype), " ",
                                                ShapeString(spec.shape), ": ", Needs(config)));
@@ -202,7 +235,7 @@ absl::Status Postprocessor::Run(std::span<const OutputTensor> outputs,
   if (outputs.size() != 1) return absl::InternalError("post-processing expected one output");
   const OutputTensor& out = outputs[0];
   std::vector<int64_t> dims = FrameDims(out.shape, batched_);
-  if (out.datatype != DataType::kFp32 || !Fits(config_, dims) ||
+  if (!IsFloat(out.datatype) || !Fits(config_, dims) ||
       (batched_ && !out.shape.empty() && out.shape[0] != 1)) {
     return absl::InvalidArgumentError(StrCat("model output '", out.name, "' came out ",
                                              DataTypeName(out.datatype), " ",
@@ -223,9 +256,10 @@ absl::Status Postprocessor::Run(std::span<const OutputTensor> outputs,
 
 absl::Status Postprocessor::Classify(const OutputTensor& out, json* result,
                                      std::vector<double>* scores) const {
-  std::span<const float> logits = Floats(out);
+  FloatView logits(out);
   if (logits.empty()) return absl::InvalidArgumentError("classification output is empty");
-  std::vector<float> probs(logits.begin(), logits.end());
+  std::vector<float> probs(logits.size());
+  for (size_t i = 0; i < probs.size(); ++i) probs[i] = logits[i];
   bool apply = config_.softmax == Softmax::kYes;
   if (config_.softmax == Softmax::kAuto) {
     double sum = 0;
@@ -261,7 +295,7 @@ absl::Status Postprocessor::Classify(const OutputTensor& out, json* result,
 absl::Status Postprocessor::Detect(const OutputTensor& out, const FrameTransform& t, json* result,
                                    std::vector<double>* scores) const {
   std::vector<int64_t> dims = FrameDims(out.shape, batched_);
-  std::span<const float> data = Floats(out);
+  FloatView data(out);
   const bool v5 = config_.format == DetectionFormat::kYoloV5;
   const int64_t boxes = v5 ? dims[0] : dims[1];
   const int64_t attrs = v5 ? dims[1] : dims[0];
@@ -315,7 +349,7 @@ absl::Status Postprocessor::Detect(const OutputTensor& out, const FrameTransform
 
 absl::Status Postprocessor::Anomaly(const OutputTensor& out, json* result,
                                     std::vector<double>* scores) const {
-  std::span<const float> data = Floats(out);
+  FloatView data(out);
   if (data.size() != 1) {
     return absl::InvalidArgumentError(StrCat("anomaly output '", out.name, "' has ", data.size(),
                                              " values; one per frame expected"));

@@ -23,6 +23,19 @@ OutputTensor Output(std::vector<int64_t> shape, std::vector<float> values) {
   return out;
 }
 
+// The same as FP16 (IEEE half bits), as an FP16 model returns it.
+OutputTensor HalfOutput(std::vector<int64_t> shape, const std::vector<float>& values) {
+  auto data = std::make_shared<std::vector<uint16_t>>();
+  for (float v : values) data->push_back(FloatToHalf(v));
+  OutputTensor out;
+  out.name = "y";
+  out.datatype = DataType::kFp16;
+  out.shape = std::move(shape);
+  out.data = std::as_bytes(std::span<const uint16_t>(*data));
+  out.owner = data;
+  return out;
+}
+
 FrameTransform Identity(int w, int h) {
   FrameTransform t;
   t.frame_width = t.input_width = w;
@@ -170,12 +183,12 @@ TEST(PostprocessTest, OutputsThatDoNotFitAreRejected) {
     return p.ok() ? "" : std::string(MessageOf(p.status()));
   };
   EXPECT_EQ(error(PostprocessType::kDetection, {"probs", DataType::kFp32, {-1, 3}}),
-            "model output 'probs' is FP32 [-1,3]: detection (yolov5) needs an FP32 output [N, "
-            "boxes, 5 + classes]");
+            "model output 'probs' is FP32 [-1,3]: detection (yolov5) needs an FP32 or FP16 output "
+            "[N, boxes, 5 + classes]");
   EXPECT_THAT(error(PostprocessType::kClassification, {"y", DataType::kFp32, {-1, 4, 7}}),
-              HasSubstr("classification needs one FP32 score per class"));
+              HasSubstr("classification needs one FP32 or FP16 score per class"));
   EXPECT_THAT(error(PostprocessType::kAnomaly, {"y", DataType::kFp32, {-1, 3}}),
-              HasSubstr("anomaly needs an FP32 output with one value per frame"));
+              HasSubstr("anomaly needs an FP32 or FP16 output with one value per frame"));
   EXPECT_THAT(error(PostprocessType::kClassification, {"y", DataType::kInt64, {-1, 3}}),
               HasSubstr("is INT64"));
   EXPECT_EQ(error(PostprocessType::kRaw, {"y", DataType::kFp32, {-1, 3}}, "nope"),
@@ -192,6 +205,53 @@ TEST(PostprocessTest, OutputsThatDoNotFitAreRejected) {
   absl::Status s = (*p)->Run({&out, 1}, Identity(1, 1), &result, &scores);
   EXPECT_TRUE(absl::IsInvalidArgument(s));
   EXPECT_THAT(MessageOf(s), HasSubstr("came out FP32 [1,2,3]"));
+}
+
+TEST(PostprocessTest, Fp16OutputsAreReadForEveryType) {
+  json result;
+  std::vector<double> scores;
+  PostprocessConfig c;
+  c.type = PostprocessType::kClassification;
+  c.top_k = 1;
+  auto cls = Postprocessor::Create(c, {{"y", DataType::kFp16, {-1, 3}}}, true, {"a", "b", "c"});
+  ASSERT_TRUE(cls.ok()) << cls.status();
+  OutputTensor probs = HalfOutput({1, 3}, {0.25f, 0.125f, 0.625f});
+  ASSERT_TRUE((*cls)->Run({&probs, 1}, Identity(1, 1), &result, &scores).ok());
+  EXPECT_EQ(result["classes"][0]["label"], "c");
+  EXPECT_FLOAT_EQ(result["classes"][0]["score"].get<float>(), 0.625f);
+
+  c.type = PostprocessType::kDetection;
+  c.confidence_threshold = 0.3;
+  auto det = Postprocessor::Create(c, {{"y", DataType::kFp16, {-1, -1, 7}}}, true, {});
+  ASSERT_TRUE(det.ok()) << det.status();
+  // One box (cx 50, cy 100, w 50, h 100), objectness 1, class 1 at 0.75.
+  OutputTensor boxes = HalfOutput({1, 2, 7}, {50, 100, 50, 100, 1, 0.25f, 0.75f,  //
+                                              10, 10, 4, 4, 0.1f, 1, 0});
+  result = json();
+  ASSERT_TRUE((*det)->Run({&boxes, 1}, Identity(100, 200), &result, &scores).ok());
+  ASSERT_EQ(result["detections"].size(), 1u) << result.dump();
+  EXPECT_EQ(result["detections"][0]["class"], 1);
+  EXPECT_EQ(result["detections"][0]["box"], json({25.0, 50.0, 75.0, 150.0}));
+  EXPECT_FLOAT_EQ(result["detections"][0]["score"].get<float>(), 0.75f);
+
+  c.type = PostprocessType::kAnomaly;
+  c.threshold = 0.5;
+  auto anomaly = Postprocessor::Create(c, {{"y", DataType::kFp16, {-1, 1}}}, true, {});
+  ASSERT_TRUE(anomaly.ok()) << anomaly.status();
+  OutputTensor score = HalfOutput({1, 1}, {0.875f});
+  result = json();
+  ASSERT_TRUE((*anomaly)->Run({&score, 1}, Identity(1, 1), &result, &scores).ok());
+  EXPECT_EQ(result["anomaly"]["score"], 0.875);
+  EXPECT_EQ(result["anomaly"]["is_anomaly"], true);
+
+  auto raw =
+      Postprocessor::Create(PostprocessConfig{}, {{"y", DataType::kFp16, {-1, 2}}}, true, {});
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  OutputTensor values = HalfOutput({1, 2}, {1.5f, -65504.0f});
+  result = json();
+  ASSERT_TRUE((*raw)->Run({&values, 1}, Identity(1, 1), &result, &scores).ok());
+  EXPECT_EQ(result["outputs"][0]["datatype"], "FP16");
+  EXPECT_EQ(result["outputs"][0]["data"], json({1.5, -65504.0}));
 }
 
 TEST(PostprocessTest, LabelsFile) {

@@ -60,14 +60,20 @@ absl::StatusOr<Preprocessor> Preprocessor::Create(const PreprocessConfig& config
   };
   RETURN_IF_ERROR(spatial(config.width, dims[w_axis], "width", &p.width_));
   RETURN_IF_ERROR(spatial(config.height, dims[h_axis], "height", &p.height_));
-  if (input.datatype != DataType::kFp32 && input.datatype != DataType::kUint8) {
-    return error(StrCat("image inputs must be FP32 or UINT8, the model takes ",
+  if (input.datatype != DataType::kFp32 && input.datatype != DataType::kFp16 &&
+      input.datatype != DataType::kUint8) {
+    return error(StrCat("image inputs must be FP32, FP16 or UINT8, the model takes ",
                         DataTypeName(input.datatype)));
   }
   p.dtype_ = config.dtype.value_or(input.datatype);
   if (p.dtype_ != input.datatype) {
     return error(StrCat("preprocess.dtype ", DataTypeName(p.dtype_), " but the model takes ",
                         DataTypeName(input.datatype)));
+  }
+  if (p.dtype_ == DataType::kUint8 && config.normalizes) {
+    return error(
+        "the model takes UINT8 pixels as they are: remove preprocess scale, mean and std "
+        "(from the pipeline or the model's config.yaml)");
   }
   if (p.batched_) p.shape_.push_back(1);
   if (p.layout_ == Layout::kNchw) {
@@ -77,6 +83,7 @@ absl::StatusOr<Preprocessor> Preprocessor::Create(const PreprocessConfig& config
   }
   p.tensor_bytes_ = static_cast<size_t>(p.width_) * p.height_ * 3 * DataTypeSize(p.dtype_);
   // Frames are BGR: the model's first channel is R (index 2) for rgb.
+  p.pad_value_ = config.pad_value;
   p.source_channel_ = config.rgb ? std::array<int, 3>{2, 1, 0} : std::array<int, 3>{0, 1, 2};
   for (int c = 0; c < 3; ++c) {
     for (int v = 0; v < 256; ++v) {
@@ -84,21 +91,26 @@ absl::StatusOr<Preprocessor> Preprocessor::Create(const PreprocessConfig& config
                          ? static_cast<float>(v)
                          : static_cast<float>((v * config.scale - config.mean[c]) / config.std[c]);
     }
-    p.pad_[c] = p.lut_[c][config.pad_value];
+    // FP16 input: the table holds the half-precision bits, so the pixel pass
+    // writes them directly (no float32 buffer, no per-pixel conversion).
+    if (p.dtype_ == DataType::kFp16) {
+      for (int v = 0; v < 256; ++v) p.lut16_[c][v] = FloatToHalf(p.lut_[c][v]);
+    }
   }
   return p;
 }
 
-template <typename T>
-void Preprocessor::Convert(const cv::Mat& resized, int off_x, int off_y, T* out) const {
+template <typename T, typename L>
+void Preprocessor::Convert(const cv::Mat& resized, int off_x, int off_y, const Lut<L>& lut,
+                           T* out) const {
   const size_t plane = static_cast<size_t>(width_) * height_;
   const int rw = resized.cols, rh = resized.rows;
   const int s0 = source_channel_[0], s1 = source_channel_[1], s2 = source_channel_[2];
-  const T pad0 = static_cast<T>(pad_[0]), pad1 = static_cast<T>(pad_[1]),
-          pad2 = static_cast<T>(pad_[2]);
-  const auto& l0 = lut_[0];
-  const auto& l1 = lut_[1];
-  const auto& l2 = lut_[2];
+  const auto& l0 = lut[0];
+  const auto& l1 = lut[1];
+  const auto& l2 = lut[2];
+  const T pad0 = static_cast<T>(l0[pad_value_]), pad1 = static_cast<T>(l1[pad_value_]),
+          pad2 = static_cast<T>(l2[pad_value_]);
   for (int y = 0; y < height_; ++y) {
     const int sy = y - off_y;
     const uint8_t* row = (sy >= 0 && sy < rh) ? resized.ptr<uint8_t>(sy) : nullptr;
@@ -177,9 +189,11 @@ FrameTransform Preprocessor::Run(const cv::Mat& input, std::vector<std::byte>* o
   }
   out->resize(tensor_bytes_);
   if (dtype_ == DataType::kUint8) {
-    Convert(*resized, off_x, off_y, reinterpret_cast<uint8_t*>(out->data()));
+    Convert(*resized, off_x, off_y, lut_, reinterpret_cast<uint8_t*>(out->data()));
+  } else if (dtype_ == DataType::kFp16) {
+    Convert(*resized, off_x, off_y, lut16_, reinterpret_cast<uint16_t*>(out->data()));
   } else {
-    Convert(*resized, off_x, off_y, reinterpret_cast<float*>(out->data()));
+    Convert(*resized, off_x, off_y, lut_, reinterpret_cast<float*>(out->data()));
   }
   return t;
 }

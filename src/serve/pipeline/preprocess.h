@@ -1,6 +1,6 @@
 // Pre-processing: a decoded frame (8-bit BGR, any size) into the model's
 // input tensor. Resize (stretch or letterbox) is OpenCV's; colour order,
-// scale/mean/std normalisation, layout (NCHW/NHWC), dtype (FP32/UINT8) and
+// scale/mean/std normalisation, layout (NCHW/NHWC), dtype (FP32/FP16/UINT8) and
 // the letterbox border are then written in one pass over the output pixels
 // through per-channel lookup tables, straight into the tensor buffer. A
 // frame already at the input size with stretch is not resized (no copy).
@@ -36,8 +36,9 @@ class Preprocessor {
   // layout default from the shape, dtype from the datatype. InvalidArgument
   // when they cannot fit: a rank other than 3 or 4, 3 channels impossible,
   // a size that contradicts a fixed dimension, no size for dynamic spatial
-  // dimensions, a dtype other than the model's, or a model datatype other
-  // than FP32/UINT8. Messages name the input and its shape.
+  // dimensions, a dtype other than the model's, a model datatype other
+  // than FP32/FP16/UINT8, or scale/mean/std for UINT8 input. Messages name
+  // the input and its shape.
   static absl::StatusOr<Preprocessor> Create(const PreprocessConfig& config,
                                              const TensorSpec& input);
 
@@ -59,8 +60,10 @@ class Preprocessor {
 
  private:
   Preprocessor() = default;
-  template <typename T>
-  void Convert(const cv::Mat& resized, int off_x, int off_y, T* out) const;
+  template <typename L>
+  using Lut = std::array<std::array<L, 256>, 3>;
+  template <typename T, typename L>
+  void Convert(const cv::Mat& resized, int off_x, int off_y, const Lut<L>& lut, T* out) const;
 
   std::string input_name_;
   DataType dtype_ = DataType::kFp32;
@@ -72,9 +75,11 @@ class Preprocessor {
   size_t tensor_bytes_ = 0;
   // lut_[c][v]: the value written for byte v of output channel c (c in the
   // model's colour order); source_channel_[c]: where c is in a BGR pixel.
-  std::array<std::array<float, 256>, 3> lut_{};
+  // lut16_: the same as IEEE half bits, for FP16 input.
+  Lut<float> lut_{};
+  Lut<uint16_t> lut16_{};
   std::array<int, 3> source_channel_{};
-  std::array<float, 3> pad_{};
+  int pad_value_ = 114;
 };
 
 }  // namespace outpost::serve::pipeline

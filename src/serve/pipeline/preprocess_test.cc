@@ -128,7 +128,7 @@ TEST(PreprocessTest, InputsThatCannotFitAreClearErrors) {
             "pre-processing for model input 'x' [-1,3,8,8]: preprocess.size width 10 but the "
             "model takes 8");
   EXPECT_THAT(error({}, Input({-1, 3, 8, 8}, DataType::kInt64)),
-              HasSubstr("image inputs must be FP32 or UINT8, the model takes INT64"));
+              HasSubstr("image inputs must be FP32, FP16 or UINT8, the model takes INT64"));
   PreprocessConfig u8;
   u8.dtype = DataType::kUint8;
   EXPECT_THAT(error(u8, Input({-1, 3, 8, 8})),
@@ -140,6 +140,50 @@ TEST(PreprocessTest, InputsThatCannotFitAreClearErrors) {
   absl::StatusOr<Preprocessor> p = Preprocessor::Create(sized, Input({-1, 3, -1, -1}));
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->shape(), (std::vector<int64_t>{1, 3, 8, 10}));
+}
+
+TEST(PreprocessTest, Fp16InputGetsHalfPrecisionValuesInOnePass) {
+  PreprocessConfig c;
+  c.mean = {0.5, 0.25, 0.0};
+  c.std = {0.5, 0.25, 1.0};
+  c.resize = ResizeMode::kLetterbox;
+  c.pad_value = 0;
+  absl::StatusOr<Preprocessor> p = Preprocessor::Create(c, Input({1, 3, 4, 4}, DataType::kFp16));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->dtype(), DataType::kFp16);
+  EXPECT_EQ(p->tensor_bytes(), 3u * 4 * 4 * 2);
+  // 4 wide, 2 high: letterboxed into rows 1..2, rows 0 and 3 are border.
+  cv::Mat frame(2, 4, CV_8UC3, cv::Scalar(0, 51, 255));
+  std::vector<std::byte> out;
+  cv::Mat scratch;
+  p->Run(frame, &out, &scratch);
+  ASSERT_EQ(out.size(), 3u * 4 * 4 * 2);
+  const uint16_t* v = reinterpret_cast<const uint16_t*>(out.data());
+  for (int x = 0; x < 4; ++x) {
+    EXPECT_FLOAT_EQ(HalfToFloat(v[4 + x]), 1.0f);          // R, row 1: (1 - 0.5) / 0.5
+    EXPECT_NEAR(HalfToFloat(v[16 + 8 + x]), -0.2f, 1e-3);  // G, row 2: (0.2 - 0.25) / 0.25
+    EXPECT_FLOAT_EQ(HalfToFloat(v[32 + 4 + x]), 0.0f);     // B
+    EXPECT_FLOAT_EQ(HalfToFloat(v[x]), -1.0f);             // R border: (0 - 0.5) / 0.5
+    EXPECT_FLOAT_EQ(HalfToFloat(v[16 + 12 + x]), -1.0f);   // G border: (0 - 0.25) / 0.25
+  }
+  // FP16 is the model's type: asking for fp32 instead is an error.
+  PreprocessConfig fp32;
+  fp32.dtype = DataType::kFp32;
+  absl::StatusOr<Preprocessor> wrong =
+      Preprocessor::Create(fp32, Input({1, 3, 4, 4}, DataType::kFp16));
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_THAT(MessageOf(wrong.status()),
+              HasSubstr("preprocess.dtype FP32 but the model takes FP16"));
+}
+
+TEST(PreprocessTest, Uint8InputRefusesNormalisationFromAnySource) {
+  PreprocessConfig c = ResolvePreprocess({}, {});
+  c.mean = {1, 1, 1};
+  c.normalizes = true;  // as when the model's config.yaml sets mean
+  absl::StatusOr<Preprocessor> p = Preprocessor::Create(c, Input({1, 4, 4, 3}, DataType::kUint8));
+  ASSERT_FALSE(p.ok());
+  EXPECT_THAT(MessageOf(p.status()),
+              HasSubstr("the model takes UINT8 pixels as they are: remove preprocess scale"));
 }
 
 }  // namespace
