@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -64,6 +65,8 @@ struct RunFlags {
   double soak = 30;
   double poll_interval = 5;
   int max_attempts = 3;
+  int transient_retries = 5;
+  double transient_retry_delay = 300;
   double restart_backoff = 1;
   int crash_loop_exits = 5;
   double crash_loop_window = 300;
@@ -106,6 +109,9 @@ int RunAgent(const RunFlags& flags) {
   options.soak = Millis(flags.soak);
   options.poll_interval = Millis(flags.poll_interval);
   options.max_attempts = flags.max_attempts;
+  options.transient_retries = flags.transient_retries;
+  options.transient_retry_delay =
+      std::chrono::seconds(static_cast<int64_t>(std::llround(flags.transient_retry_delay)));
   options.restart_backoff = Millis(flags.restart_backoff);
   options.crash_loop_exits = flags.crash_loop_exits;
   options.crash_loop_window = Millis(flags.crash_loop_window);
@@ -298,6 +304,15 @@ int main(int argc, char** argv) {
   run->add_option("--max-attempts", run_flags.max_attempts,
                   "Installs of one bundle interrupted by agent restarts before giving up")
       ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  run->add_option("--transient-retries", run_flags.transient_retries,
+                  "Times a bundle whose install failed for a reason that may pass (download "
+                  "failed, disk full) is offered again before it is given up")
+      ->check(CLI::Range(0, 100))
+      ->capture_default_str();
+  run->add_option("--transient-retry-delay", run_flags.transient_retry_delay,
+                  "Seconds before the first such retry; 3x longer each time, at most 6 h")
+      ->check(CLI::Range(1.0, 86400.0))
       ->capture_default_str();
   run->add_option("--restart-backoff", run_flags.restart_backoff,
                   "Seconds before the first restart of a crashed runtime")

@@ -70,6 +70,15 @@ bool AtRest(UpdateState state) {
 
 std::string OtherSlot(std::string_view slot) { return slot == "A" ? "B" : "A"; }
 
+json DeferredToJson(const std::vector<DeferredOffer>& deferred) {
+  json out = json::array();
+  for (const DeferredOffer& d : deferred) {
+    out.push_back(
+        {{"offer_id", d.offer_id}, {"failures", d.failures}, {"not_before", d.not_before}});
+  }
+  return out;
+}
+
 std::string SerializeState(const AgentState& state) {
   json j = {{"state", UpdateStateName(state.state)},
             {"committed", state.committed ? ReleaseToJson(*state.committed) : json(nullptr)},
@@ -77,6 +86,7 @@ std::string SerializeState(const AgentState& state) {
             {"sequence_floor", state.sequence_floor},
             {"update", UpdateToJson(state.update)},
             {"handled", state.handled},
+            {"deferred", DeferredToJson(state.deferred)},
             {"updated_at", state.updated_at},
             {"event_seq", state.event_seq}};
   return j.dump(2) + "\n";
@@ -127,6 +137,13 @@ absl::StatusOr<AgentState> ParseState(std::string_view text) {
     }
     field = "handled";
     if (j.contains("handled")) state.handled = j["handled"].get<std::vector<std::string>>();
+    field = "deferred";
+    if (j.contains("deferred")) {
+      for (const json& d : j["deferred"]) {
+        state.deferred.push_back({d.at("offer_id").get<std::string>(), d.at("failures").get<int>(),
+                                  d.at("not_before").get<int64_t>()});
+      }
+    }
     field = "updated_at";
     state.updated_at = j.value("updated_at", int64_t{0});
     field = "event_seq";

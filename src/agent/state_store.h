@@ -78,6 +78,16 @@ struct UpdateRecord {
   bool operator==(const UpdateRecord&) const = default;
 };
 
+// An offer whose install failed for a reason that may pass (the download
+// failed, the disk was full): not offered again before `not_before`.
+struct DeferredOffer {
+  std::string offer_id;
+  int failures = 0;        // transient failures so far
+  int64_t not_before = 0;  // unix seconds
+
+  bool operator==(const DeferredOffer&) const = default;
+};
+
 struct AgentState {
   UpdateState state = UpdateState::kIdle;
   std::optional<ReleaseRecord> committed;  // what `current` serves
@@ -88,6 +98,10 @@ struct AgentState {
   // Offer ids already installed, refused or rolled back (newest last,
   // bounded): a source does not offer them again.
   std::vector<std::string> handled;
+  // Offers whose last install failed transiently, tried again later
+  // (UpdaterOptions::transient_retries); moved to `handled` on success or
+  // after the last retry.
+  std::vector<DeferredOffer> deferred;
   int64_t updated_at = 0;  // unix seconds of the last transition
   // Numbers the transitions (1, 2, ...): the history line of a transition
   // carries it, and the hub de-duplicates status reports on it. Persisted

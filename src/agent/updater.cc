@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <system_error>
 #include <thread>
 
@@ -307,6 +309,39 @@ AgentState Updater::WithHandled(AgentState state, const std::string& offer_id) c
   auto& h = state.handled;
   if (std::find(h.begin(), h.end(), offer_id) == h.end()) h.push_back(offer_id);
   if (h.size() > kMaxHandled) h.erase(h.begin(), h.begin() + (h.size() - kMaxHandled));
+  std::erase_if(state.deferred, [&](const DeferredOffer& d) { return d.offer_id == offer_id; });
+  return state;
+}
+
+AgentState Updater::AfterFailure(AgentState state) const {
+  const std::string id = state.update.offer_id;
+  const std::string& reason = state.update.reason;
+  const bool transient = reason == kReasonFetchFailed || reason == kReasonIoError;
+  auto& deferred = state.deferred;
+  auto it = std::find_if(deferred.begin(), deferred.end(),
+                         [&](const DeferredOffer& d) { return d.offer_id == id; });
+  const int failures = (it == deferred.end() ? 0 : it->failures) + 1;
+  if (id.empty() || !transient || failures > options_.transient_retries) {
+    if (transient && !id.empty()) {
+      spdlog::error("updater: {} failed {} times ({}); not trying it again", state.update.source,
+                    failures, reason);
+    }
+    return WithHandled(std::move(state), id);
+  }
+  const double base = std::min(
+      static_cast<double>(options_.transient_retry_delay.count()) * std::pow(3.0, failures - 1),
+      6 * 3600.0);
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const int64_t delay = std::llround(base * std::uniform_real_distribution<double>(0.9, 1.1)(rng));
+  if (it == deferred.end()) {
+    deferred.push_back({id, failures, NowUnix() + delay});
+  } else {
+    it->failures = failures;
+    it->not_before = NowUnix() + delay;
+  }
+  if (deferred.size() > kMaxHandled) deferred.erase(deferred.begin());
+  spdlog::warn("updater: {} failed ({}); trying it again in {} s ({} of {} retries)",
+               state.update.source, reason, delay, failures, options_.transient_retries);
   return state;
 }
 
@@ -587,6 +622,10 @@ absl::StatusOr<std::optional<InstallResult>> Updater::InstallNext() {
   const bool can_revert =
       source_->Authoritative() && CanRollBackCommitted() && !state().previous->offer_id.empty();
   if (can_revert) std::erase(handled, state().previous->offer_id);
+  const int64_t now = NowUnix();
+  for (const DeferredOffer& d : state().deferred) {
+    if (d.not_before > now) handled.push_back(d.offer_id);
+  }
   ASSIGN_OR_RETURN(std::optional<UpdateOffer> offer, source_->Next(handled));
   if (!offer) return std::optional<InstallResult>();
   if (can_revert && offer->id == state().previous->offer_id) {
@@ -607,7 +646,11 @@ absl::StatusOr<std::optional<InstallResult>> Updater::InstallNext() {
 absl::StatusOr<InstallResult> Updater::Install(const UpdateOffer& offer) {
   spdlog::info("updater: installing {}", offer.description);
   AgentState next = state();
-  int attempts = next.update.offer_id == offer.id ? next.update.attempts + 1 : 1;
+  // Attempts count installs of this offer cut short by agent deaths; a
+  // retry after a finished (rolled back) attempt starts again at 1.
+  int attempts = next.update.offer_id == offer.id && next.state != UpdateState::kRolledBack
+                     ? next.update.attempts + 1
+                     : 1;
   absl::StatusOr<std::string> current = store_->CurrentSlot();
   next.update = UpdateRecord{};
   next.update.offer_id = offer.id;
@@ -788,7 +831,7 @@ absl::StatusOr<InstallResult> Updater::FinishRollback() {
                   MessageOf(serving));
   }
 
-  AgentState next = WithHandled(state(), state().update.offer_id);
+  AgentState next = AfterFailure(state());
   // `committed` names the release in the restored slot.
   if (!(next.committed && next.committed->slot == restore)) {
     if (next.previous && next.previous->slot == restore) {

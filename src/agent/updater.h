@@ -177,6 +177,13 @@ struct UpdaterOptions {
   std::chrono::milliseconds soak{30000};               // must stay up this long
   std::chrono::milliseconds poll_interval{5000};       // source polls
   int max_attempts = 3;  // installs of one bundle interrupted by agent deaths
+  // A bundle whose install failed for a reason that may pass (fetch_failed:
+  // the hub went away, a corrupt or cut download; io_error: a full disk) is
+  // offered again after transient_retry_delay, then 3x longer each time
+  // (at most 6 h, +-10% jitter), up to transient_retries times; then it is
+  // handled like a refused one.
+  int transient_retries = 5;
+  std::chrono::seconds transient_retry_delay{300};
 
   // Runtime supervision (Supervisor options for outpost-serve).
   std::chrono::milliseconds restart_backoff{1000};
@@ -263,6 +270,9 @@ class Updater {
   // Sleeps up to `d`; false when a stop was requested.
   bool SleepUnlessStopped(std::chrono::milliseconds d);
   AgentState WithHandled(AgentState state, const std::string& offer_id) const;
+  // After a rollback: the offer goes to `deferred` when the failure may
+  // pass and retries are left, else to `handled`.
+  AgentState AfterFailure(AgentState state) const;
 
   const UpdaterOptions options_;
   std::unique_ptr<UpdateSource> source_;

@@ -44,6 +44,12 @@ using Clock = std::chrono::steady_clock;
 const std::vector<double> kPlusOne = {2, 3, 4, 5};  // add_one v1 on [1, 2, 3, 4]
 const std::vector<double> kPlusTwo = {3, 4, 5, 6};  // add_one v2
 
+int64_t NowUnixForTest() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 std::string Env(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr ? v : "";
@@ -474,6 +480,70 @@ TEST_F(UpdaterTest, FullDiskAtAStateWriteKeepsTheOldReleaseAndResumeFinishes) {
   EXPECT_EQ(s.state, UpdateState::kCommitted) << s.update.reason << ": " << s.update.message;
   EXPECT_EQ(s.committed->release, "rel-2");
   EXPECT_EQ(InferCurrent(state_), kPlusTwo);
+}
+
+// A full disk while unpacking may pass: the bundle is offered again after a
+// delay (3x longer each time) instead of being refused for good, and given
+// up after the last retry. A retry that succeeds commits.
+TEST_F(UpdaterTest, ATransientFailureIsRetriedLaterThenGivenUp) {
+  InstallFirstRelease();
+  UpdaterOptions options = Options();
+  options.transient_retries = 2;
+  options.transient_retry_delay = std::chrono::seconds(1);
+  updater_.reset();
+  auto created = Updater::Create(options, std::make_unique<LocalFolderSource>(bundles_));
+  ASSERT_TRUE(created.ok()) << created.status();
+  updater_ = *std::move(created);
+  ASSERT_TRUE(updater_->Resume().ok());
+  Build({"rel-2", 2, 2, kPlusTwo});
+
+  ASSERT_EQ(setenv("OUTPOST_FAIL_WRITE_AT", "bundle.unpack_write:1", 1), 0);
+  const int64_t before = NowUnixForTest();
+  InstallResult r = InstallOne();
+  EXPECT_EQ(r.state, UpdateState::kRolledBack);
+  EXPECT_EQ(r.reason, kReasonIoError) << r.message;
+  AgentState s = StateOnDisk(state_);
+  ASSERT_EQ(s.deferred.size(), 1u);
+  const std::string offer = s.deferred[0].offer_id;
+  EXPECT_EQ(s.deferred[0].failures, 1);
+  EXPECT_GE(s.deferred[0].not_before, before + 1);
+  EXPECT_EQ(std::count(s.handled.begin(), s.handled.end(), offer), 0);
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+  ExpectNothingLeft();  // not before its delay
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  r = InstallOne();  // second failure: 3 s
+  EXPECT_EQ(r.reason, kReasonIoError) << r.message;
+  s = StateOnDisk(state_);
+  ASSERT_EQ(s.deferred.size(), 1u);
+  EXPECT_EQ(s.deferred[0].failures, 2);
+  EXPECT_GE(s.deferred[0].not_before, NowUnixForTest() + 2);
+  EXPECT_EQ(s.update.attempts, 1);  // a retry is not an interrupted install
+  ExpectNothingLeft();
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(4100));
+  r = InstallOne();  // third failure: no retry left
+  EXPECT_EQ(r.reason, kReasonIoError) << r.message;
+  s = StateOnDisk(state_);
+  EXPECT_TRUE(s.deferred.empty());
+  EXPECT_EQ(std::count(s.handled.begin(), s.handled.end(), offer), 1);
+  ASSERT_EQ(unsetenv("OUTPOST_FAIL_WRITE_AT"), 0);
+  ExpectNothingLeft();
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
+
+  // Another bundle fails once, then the disk has room again: committed.
+  Build({"rel-3", 3, 1, kPlusOne});
+  ASSERT_EQ(setenv("OUTPOST_FAIL_WRITE_AT", "bundle.unpack_write:1", 1), 0);
+  r = InstallOne();
+  ASSERT_EQ(unsetenv("OUTPOST_FAIL_WRITE_AT"), 0);
+  EXPECT_EQ(r.reason, kReasonIoError) << r.message;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  r = InstallOne();
+  EXPECT_EQ(r.state, UpdateState::kCommitted) << r.reason << ": " << r.message;
+  s = StateOnDisk(state_);
+  EXPECT_TRUE(s.deferred.empty());
+  EXPECT_EQ(s.committed->release, "rel-3");
+  EXPECT_EQ(InferCurrent(state_), kPlusOne);
 }
 
 // Regression: outpost-serve runs in its slot directory, so a relative

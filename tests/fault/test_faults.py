@@ -370,8 +370,11 @@ class Ctx:
         return hub
 
     def handled(self, s):
+        """The offered bundle is done with: handled for good, or deferred to a
+        later retry after a failure that may pass (fetch_failed, io_error)."""
         prefix, exact = self.offer_key
-        for x in s.get("handled", []):
+        ids = s.get("handled", []) + [d["offer_id"] for d in s.get("deferred", [])]
+        for x in ids:
             if (prefix and x.startswith(prefix)) or (exact and x == exact):
                 return True
         return False
@@ -905,7 +908,12 @@ def verify(ctx, r):
         problems.append(f"status: {st['state']} reason {update.get('reason')!r}, expected "
                         f"committed")
     if not ctx.handled(st):
-        problems.append("the offered bundle is not in `handled`")
+        problems.append("the offered bundle is neither in `handled` nor in `deferred`")
+    deferred = [d["offer_id"] for d in st.get("deferred", [])]
+    if deferred and not (case.reasons & {"fetch_failed", "io_error"}):
+        problems.append(f"deferred {deferred} after a failure that does not pass")
+    if update.get("reason") in ("fetch_failed", "io_error") and not deferred:
+        problems.append("a failure that may pass left the bundle refused for good, not deferred")
     if st.get("sequence_floor", 0) < committed.get("sequence", 0):
         problems.append(f"sequence_floor {st.get('sequence_floor')} below the committed "
                         f"release's {committed.get('sequence')}")
