@@ -144,7 +144,10 @@ class GrpcApi::Service final : public inference::GRPCInferenceService::CallbackS
           mv->metrics().RecordSuccess(total_ns, result->stats.queue_ns, result->stats.compute_ns);
           Finish(reactor, absl::OkStatus());
         },
-        SubmitMode::kMayRunInline);
+        // Never inline: a callback-API handler must not block gRPC's thread,
+        // and a call gRPC has received but no handler has handed to the
+        // scheduler yet would miss the drain on SIGTERM.
+        SubmitMode::kQueued);
     if (!status.ok()) {
       if (absl::IsUnavailable(status)) {
         mv->metrics().RecordRejection();

@@ -15,7 +15,7 @@
 // Concatenated inputs live in per-thread buffers reused across batches.
 // A failed engine run fails every request of its batch with its error.
 //
-// Inline execution: a front end whose thread may block (HTTP, gRPC) submits
+// Inline execution: a front end whose thread may block (HTTP) submits
 // with SubmitMode::kMayRunInline. When the scheduler is idle — nothing
 // queued, an instance free, no other inline run in progress, and batching
 // could not help (no dynamic batching, max_queue_delay_us 0, or the request
