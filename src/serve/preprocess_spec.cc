@@ -1,83 +1,29 @@
 #include "serve/preprocess_spec.h"
 
 #include <algorithm>
-#include <cmath>
-#include <initializer_list>
 #include <nlohmann/json.hpp>
-#include <set>
 
-#include "absl/strings/numbers.h"
+#include "serve/yaml_fields.h"
 #include "yaml-cpp/yaml.h"
 
 namespace outpost::serve {
 namespace {
 
-using Keys = std::initializer_list<std::string_view>;
-
-std::string Describe(const YAML::Node& node) {
-  if (node.IsScalar()) return StrCat("'", node.Scalar(), "'");
-  if (node.IsSequence()) return "a list";
-  if (node.IsMap()) return "a map";
-  return "nothing";
-}
-
-std::string Join(Keys keys) {
-  std::string out;
-  for (std::string_view k : keys) StrAppend(&out, out.empty() ? "" : ", ", k);
-  return out;
-}
-
-class SectionParser {
+class SectionParser : public YamlFieldReader {
  public:
   SectionParser(std::string_view source, std::string_view key) : source_(source), key_(key) {}
 
-  absl::Status Error(std::string_view sub, std::string_view reason) const {
-    return absl::InvalidArgumentError(StrCat(source_, ": key '", Key(sub), "': ", reason));
-  }
-
-  std::string Key(std::string_view sub) const {
-    return sub.empty() ? std::string(key_) : StrCat(key_, ".", sub);
-  }
-
-  absl::StatusOr<int64_t> Int(const YAML::Node& node, std::string_view sub, int64_t min,
-                              int64_t max) const {
-    int64_t value = 0;
-    if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &value)) {
-      return Error(sub, StrCat("must be an integer, got ", Describe(node)));
-    }
-    if (value < min || value > max) {
-      return Error(sub, StrCat("must be in ", min, "..", max, ", got ", value));
-    }
-    return value;
-  }
-
-  absl::StatusOr<double> Double(const YAML::Node& node, std::string_view sub, double min,
-                                double max) const {
-    double value = 0;
-    if (!node.IsScalar() || !absl::SimpleAtod(node.Scalar(), &value) || !std::isfinite(value)) {
-      return Error(sub, StrCat("must be a number, got ", Describe(node)));
-    }
-    if (value < min || value > max) {
-      return Error(sub, StrCat("must be in ", min, "..", max, ", got ", value));
-    }
-    return value;
-  }
-
-  absl::StatusOr<size_t> Choice(const YAML::Node& node, std::string_view sub, Keys choices) const {
-    if (node.IsScalar()) {
-      size_t i = 0;
-      for (std::string_view c : choices) {
-        if (node.Scalar() == c) return i;
-        ++i;
-      }
-    }
-    return Error(sub, StrCat("must be one of ", Join(choices), "; got ", Describe(node)));
+  // `sub` is relative to the section's key.
+  absl::Status Error(std::string_view sub, std::string_view reason) const override {
+    return absl::InvalidArgumentError(
+        StrCat(source_, ": key '", sub.empty() ? std::string(key_) : StrCat(key_, ".", sub),
+               "': ", reason));
   }
 
   absl::StatusOr<std::array<double, 3>> Triple(const YAML::Node& node, std::string_view sub,
                                                bool positive) const {
     if (!node.IsSequence() || node.size() != 3) {
-      return Error(sub, StrCat("must be a list of 3 numbers, got ", Describe(node)));
+      return Error(sub, StrCat("must be a list of 3 numbers, got ", DescribeYaml(node)));
     }
     std::array<double, 3> out{};
     for (size_t i = 0; i < 3; ++i) {
@@ -88,22 +34,14 @@ class SectionParser {
   }
 
   absl::StatusOr<PreprocessSpec> Parse(const YAML::Node& node) const {
-    const Keys kKeys = {"input", "resize", "size",   "color", "scale",
-                        "mean",  "std",    "layout", "dtype", "pad_value"};
-    if (!node.IsMap()) return Error("", StrCat("must be a map, got ", Describe(node)));
-    std::set<std::string, std::less<>> seen;
-    for (const auto& entry : node) {
-      std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "";
-      if (std::find(kKeys.begin(), kKeys.end(), name) == kKeys.end()) {
-        return Error(name, StrCat("unknown key (known: ", Join(kKeys), ")"));
-      }
-      if (!seen.insert(name).second) return Error(name, "repeated");
-    }
+    const YamlKeys kKeys = {"input", "resize", "size",   "color", "scale",
+                            "mean",  "std",    "layout", "dtype", "pad_value"};
+    RETURN_IF_ERROR(CheckMap(node, "", kKeys));
     PreprocessSpec out;
     if (node["input"]) {
       const YAML::Node& n = node["input"];
       if (!n.IsScalar() || n.Scalar().empty()) {
-        return Error("input", StrCat("must be a non-empty string, got ", Describe(n)));
+        return Error("input", StrCat("must be a non-empty string, got ", DescribeYaml(n)));
       }
       out.input = n.Scalar();
     }
@@ -114,7 +52,7 @@ class SectionParser {
     if (node["size"]) {
       const YAML::Node& s = node["size"];
       if (!s.IsSequence() || s.size() != 2) {
-        return Error("size", StrCat("must be [width, height], got ", Describe(s)));
+        return Error("size", StrCat("must be [width, height], got ", DescribeYaml(s)));
       }
       ASSIGN_OR_RETURN(int64_t w, Int(s[0], "size[0]", 1, 16384));
       ASSIGN_OR_RETURN(int64_t h, Int(s[1], "size[1]", 1, 16384));

@@ -4,12 +4,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
-#include <initializer_list>
-#include <set>
 #include <sstream>
 
-#include "absl/strings/numbers.h"
 #include "common/atomic_file.h"
+#include "serve/yaml_fields.h"
 #include "yaml-cpp/yaml.h"
 
 namespace outpost::serve::pipeline {
@@ -78,75 +76,21 @@ PreprocessConfig ResolvePreprocess(const PreprocessSpec& model, const Preprocess
 
 namespace {
 
-using Keys = std::initializer_list<std::string_view>;
-
-std::string Describe(const YAML::Node& node) {
-  if (node.IsScalar()) return StrCat("'", node.Scalar(), "'");
-  if (node.IsSequence()) return "a list";
-  if (node.IsMap()) return "a map";
-  return "nothing";
-}
-
-std::string Join(Keys keys) {
-  std::string out;
-  for (std::string_view k : keys) StrAppend(&out, out.empty() ? "" : ", ", k);
-  return out;
-}
-
 // Reads one file; every error names the file and the dotted key.
-class Parser {
+class Parser : public YamlFieldReader {
  public:
   Parser(std::string_view source, std::filesystem::path base_dir)
       : source_(source), base_dir_(std::move(base_dir)) {}
 
-  absl::Status Error(std::string_view key, std::string_view reason) const {
+  absl::Status Error(std::string_view key, std::string_view reason) const override {
     return absl::InvalidArgumentError(StrCat(source_, ": key '", key, "': ", reason));
-  }
-
-  // Checks that `node` is a map whose keys are all in `known`, none repeated.
-  absl::Status CheckMap(const YAML::Node& node, std::string_view key, Keys known) const {
-    if (!node.IsMap()) return Error(key, StrCat("must be a map, got ", Describe(node)));
-    std::set<std::string, std::less<>> seen;
-    for (const auto& entry : node) {
-      std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "";
-      std::string full = key.empty() ? name : StrCat(key, ".", name);
-      if (std::find(known.begin(), known.end(), name) == known.end()) {
-        return Error(full, StrCat("unknown key (known: ", Join(known), ")"));
-      }
-      if (!seen.insert(name).second) return Error(full, "repeated");
-    }
-    return absl::OkStatus();
   }
 
   absl::StatusOr<std::string> String(const YAML::Node& node, std::string_view key) const {
     if (!node.IsScalar() || node.Scalar().empty()) {
-      return Error(key, StrCat("must be a non-empty string, got ", Describe(node)));
+      return Error(key, StrCat("must be a non-empty string, got ", DescribeYaml(node)));
     }
     return node.Scalar();
-  }
-
-  absl::StatusOr<int64_t> Int(const YAML::Node& node, std::string_view key, int64_t min,
-                              int64_t max) const {
-    int64_t value = 0;
-    if (!node.IsScalar() || !absl::SimpleAtoi(node.Scalar(), &value)) {
-      return Error(key, StrCat("must be an integer, got ", Describe(node)));
-    }
-    if (value < min || value > max) {
-      return Error(key, StrCat("must be in ", min, "..", max, ", got ", value));
-    }
-    return value;
-  }
-
-  absl::StatusOr<double> Double(const YAML::Node& node, std::string_view key, double min,
-                                double max) const {
-    double value = 0;
-    if (!node.IsScalar() || !absl::SimpleAtod(node.Scalar(), &value) || !std::isfinite(value)) {
-      return Error(key, StrCat("must be a number, got ", Describe(node)));
-    }
-    if (value < min || value > max) {
-      return Error(key, StrCat("must be in ", min, "..", max, ", got ", value));
-    }
-    return value;
   }
 
   absl::StatusOr<bool> Bool(const YAML::Node& node, std::string_view key) const {
@@ -155,19 +99,7 @@ class Parser {
       if (s == "true") return true;
       if (s == "false") return false;
     }
-    return Error(key, StrCat("must be true or false, got ", Describe(node)));
-  }
-
-  // One of `choices`; returns its index.
-  absl::StatusOr<size_t> Choice(const YAML::Node& node, std::string_view key, Keys choices) const {
-    if (node.IsScalar()) {
-      size_t i = 0;
-      for (std::string_view c : choices) {
-        if (node.Scalar() == c) return i;
-        ++i;
-      }
-    }
-    return Error(key, StrCat("must be one of ", Join(choices), "; got ", Describe(node)));
+    return Error(key, StrCat("must be true or false, got ", DescribeYaml(node)));
   }
 
   absl::StatusOr<std::chrono::milliseconds> Millis(const YAML::Node& node, std::string_view key,
@@ -431,7 +363,7 @@ class Parser {
     if (!root["sinks"]) return Error("sinks", "required (at least one sink)");
     const YAML::Node& sinks = root["sinks"];
     if (!sinks.IsSequence() || sinks.size() == 0) {
-      return Error("sinks", StrCat("must be a non-empty list, got ", Describe(sinks)));
+      return Error("sinks", StrCat("must be a non-empty list, got ", DescribeYaml(sinks)));
     }
     for (size_t i = 0; i < sinks.size(); ++i) {
       SinkConfig sink;
