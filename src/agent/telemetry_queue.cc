@@ -512,8 +512,9 @@ absl::StatusOr<size_t> TelemetryQueue::ImportResults(const fs::path& results_db,
   Stmt select(
       results.db(),
       "SELECT id, pipeline, created_ms, body FROM results WHERE id > ? ORDER BY id LIMIT ?");
+  Stmt left(results.db(), "SELECT EXISTS (SELECT 1 FROM results WHERE id <= ?)");
   Stmt remove(results.db(), "DELETE FROM results WHERE id <= ?");
-  if (!select.ok() || !remove.ok()) return results.Error("prepare");
+  if (!select.ok() || !left.ok() || !remove.ok()) return results.Error("prepare");
   size_t imported = 0;
   std::vector<json> samples;
   while (true) {
@@ -551,7 +552,16 @@ absl::StatusOr<size_t> TelemetryQueue::ImportResults(const fs::path& results_db,
     // A crash before this leaves rows <= last behind: deleted next time,
     // never imported again.
     OUTPOST_CRASH_AT("telemetry.results_imported");
+    // Deletes only when there is something to delete: an idle heartbeat
+    // must not write (and fsync) the file.
+    bool stale = false;
     if (last > 0) {
+      left.Bind(1, last);
+      if (left.Step() != SQLITE_ROW) return results.Error("read imported results");
+      stale = left.Int(0) != 0;
+      left.Reset();
+    }
+    if (stale) {
       remove.Bind(1, last);
       if (remove.Step() != SQLITE_DONE) return results.Error("delete imported results");
       remove.Reset();

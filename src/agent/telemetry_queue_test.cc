@@ -280,15 +280,19 @@ class ResultsFile {
     }
     Exec("COMMIT");
   }
-  int64_t Count() {
+  int64_t Count() { return Query("SELECT COUNT(*) FROM results"); }
+  // Changes whenever another connection commits to the file.
+  int64_t DataVersion() { return Query("PRAGMA data_version"); }
+
+ private:
+  int64_t Query(const char* sql) {
     sqlite3_stmt* stmt = nullptr;
-    sqlite3_prepare_v2(db_, "SELECT COUNT(*) FROM results", -1, &stmt, nullptr);
+    sqlite3_prepare_v2(db_, sql, -1, &stmt, nullptr);
     int64_t n = sqlite3_step(stmt) == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
     sqlite3_finalize(stmt);
     return n;
   }
 
- private:
   sqlite3* db_ = nullptr;
 };
 
@@ -336,6 +340,22 @@ TEST_F(TelemetryQueueTest, PipelineResultsMoveOverOnceInOrder) {
   EXPECT_EQ(*queue->ImportResults(path, kNow), 10u);
   EXPECT_EQ(*queue->ImportResults(path, kNow), 0u);
   EXPECT_EQ(ResultIndexes(*queue), Range(0, 1244));
+}
+
+// An idle import (every heartbeat) only reads the results file: no write
+// transaction, so no fsync on the device's flash when nothing happened.
+TEST_F(TelemetryQueueTest, AnIdleResultsImportDoesNotWriteTheFile) {
+  auto queue = Open();
+  const fs::path path = dir_ / "results.db";
+  ResultsFile results(path);
+  results.Add(0, 3);
+  ASSERT_EQ(*queue->ImportResults(path, kNow), 3u);
+  const int64_t version = results.DataVersion();
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(*queue->ImportResults(path, kNow), 0u);
+  EXPECT_EQ(results.DataVersion(), version);
+  results.Add(3, 1);
+  EXPECT_EQ(*queue->ImportResults(path, kNow), 1u);
+  EXPECT_EQ(results.Count(), 0);
 }
 
 // A crash after the samples were queued but before the rows were deleted
