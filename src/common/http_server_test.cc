@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -858,15 +859,22 @@ TEST(HttpServerTest, LargeBodyRoundTripLatency) {
   request.set(bhttp::field::content_type, "application/octet-stream");
   for (int i = 0; i < 20; ++i) client.RoundTrip(request);  // warm up
   constexpr int kRounds = 200;
-  auto start = Clock::now();
+  std::vector<double> micros;
   for (int i = 0; i < kRounds; ++i) {
+    auto start = Clock::now();
     Response response = client.RoundTrip(request);
+    micros.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
     ASSERT_EQ(response.result(), Status::ok);
     ASSERT_EQ(Json(response)["size"], 600 * 1024);
   }
-  double micros = std::chrono::duration<double, std::micro>(Clock::now() - start).count() / kRounds;
-  std::printf("600 KB POST round trip (client + server, loopback): %.1f us\n", micros);
-  EXPECT_LT(micros, kSanitized ? 50000 : 5000);
+  std::nth_element(micros.begin(), micros.begin() + kRounds / 2, micros.end());
+  const double median = micros[kRounds / 2];
+  std::printf("600 KB POST round trip (client + server, loopback): median %.1f us\n", median);
+  // Not a speed test (bench/ measures that): it catches a body read that
+  // stalls on the peer's delayed ACK (40 ms a round trip on Linux) or in
+  // small reads. The median, so that a loaded CI machine's outliers do not
+  // fail it.
+  EXPECT_LT(median, kSanitized ? 30000 : 20000);
 }
 
 // One blocking request over a Unix domain socket; returns the raw response
