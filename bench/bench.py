@@ -340,14 +340,47 @@ def paired_targets(tools, model, model_path, server, rows):
             http = run_tool([tools["loadgen"], "--port", str(server.port), "--model", model,
                              "--mode", mode, "--concurrency", str(http_c), "--warmup", "0.5",
                              "--duration", str(PAIR_SLICE_S)], 120, quiet=False)
-            pairs.append({"raw": raw, "http": http})
+            pair = {"raw": raw, "http": http}
+            if name == "c1":
+                # The least any server over loopback TCP adds, in the same pair.
+                pair["tcp"] = run_tool([tools["tcp_floor"], "--model", model_path,
+                                        "--request-bytes", str(http["request_bytes"]),
+                                        "--warmup", "0.5", "--duration", str(PAIR_SLICE_S)],
+                                       120, quiet=False)
+            pairs.append(pair)
         out[name] = {"raw_c": raw_c, "http_c": http_c, "pairs": pairs}
         log(f"  paired {name}: raw c={raw_c} p50 "
             f"{[round(p['raw']['p50_ms'], 3) for p in pairs]} rps "
             f"{[round(p['raw']['throughput_rps'], 1) for p in pairs]}; http c={http_c} p50 "
             f"{[round(p['http']['p50_ms'], 3) for p in pairs]} rps "
-            f"{[round(p['http']['throughput_rps'], 1) for p in pairs]}")
+            f"{[round(p['http']['throughput_rps'], 1) for p in pairs]}"
+            + (f"; tcp_floor p50 {[round(p['tcp']['p50_ms'], 3) for p in pairs]}"
+               if "tcp" in pairs[0] else ""))
     return out
+
+
+def paired_instances(tools, model, model_path, server, rows, label):
+    """Saturation of the throughput configuration (one single-threaded session
+    per core) against raw ONNX Runtime with the same session options
+    (intra-op threads 1), each at its fastest concurrency in the table, as
+    PAIRS alternating slices."""
+    def best_c(path):
+        return max((r for r in rows if r["path"] == path),
+                   key=lambda r: r["throughput_rps"])["concurrency"]
+    raw_c, http_c = best_c("raw intra_op_threads=1"), best_c(f"{label} binary")
+    pairs = []
+    for _ in range(PAIRS):
+        raw = run_tool([tools["raw_ort"], "--model", model_path, "--concurrency", str(raw_c),
+                        "--intra-op-threads", "1", "--warmup", "0.5",
+                        "--duration", str(PAIR_SLICE_S)], 120, quiet=False)
+        http = run_tool([tools["loadgen"], "--port", str(server.port), "--model", model,
+                         "--mode", "binary", "--concurrency", str(http_c), "--warmup", "0.5",
+                         "--duration", str(PAIR_SLICE_S)], 120, quiet=False)
+        pairs.append({"raw": raw, "http": http})
+    log(f"  paired saturation ({label}): raw intra 1 c={raw_c} rps "
+        f"{[round(p['raw']['throughput_rps'], 1) for p in pairs]}; http c={http_c} rps "
+        f"{[round(p['http']['throughput_rps'], 1) for p in pairs]}")
+    return {"raw_c": raw_c, "http_c": http_c, "pairs": pairs, "label": label}
 
 
 def run_model(args, model, tools, seconds, warmup, concurrencies, results):
@@ -417,6 +450,9 @@ def run_model(args, model, tools, seconds, warmup, concurrencies, results):
                     rows.append(r)
                     log(f"  {r['path']} c={c}: p50 {r['p50_ms']:.3f} ms, "
                         f"{r['throughput_rps']:.1f} req/s, errors {r['errors']}")
+            if extra and "paired" in results:
+                results["paired"]["saturation_instances"] = paired_instances(
+                    tools, model, model_path, server, rows, label)
             if not extra:
                 info["loaded_rss_kb"] = rss_kb(server.proc.pid)
                 if model == TARGET_MODEL and not section:
@@ -460,6 +496,24 @@ def c1_row(pairs, label):
             f"raw {statistics.median(p['raw']['p50_ms'] for p in pairs):.3f} ms; difference "
             f"{d:+.3f} ms (pairs: {', '.join(f'{x:+.3f}' for x in diffs)}) | "
             f"{'PASS' if d <= 0.1 else 'FAIL'} |")
+
+
+def tcp_floor_row(pairs):
+    """Informational row: what the least possible server over loopback TCP
+    (tcp_floor: blocking recv of the same bytes, Run on them in place, send
+    the same answer size; no HTTP) costs beside raw in the same pairs, and
+    how much outpost-serve adds on top of that."""
+    floor = [p["tcp"]["p50_ms"] - p["raw"]["p50_ms"] for p in pairs]
+    above = [p["http"]["p50_ms"] - p["tcp"]["p50_ms"] for p in pairs]
+    rps = [p["tcp"]["throughput_rps"] / p["raw"]["throughput_rps"] for p in pairs]
+    return (f"| (the least a server over loopback TCP adds: `tcp_floor`, the same request bytes "
+            f"received with blocking `recv`, `Run` on them in place, the same answer size sent "
+            f"back, no HTTP; third member of the pairs above; informational) | tcp_floor "
+            f"{statistics.median(p['tcp']['p50_ms'] for p in pairs):.3f} ms: "
+            f"{statistics.median(floor):+.3f} ms over raw (pairs: "
+            f"{', '.join(f'{x:+.3f}' for x in floor)}), {statistics.median(rps) * 100:.1f}% of "
+            f"raw's throughput; outpost-serve vs tcp_floor {statistics.median(above):+.3f} ms "
+            f"(pairs: {', '.join(f'{x:+.3f}' for x in above)}) | – |")
 
 
 def saturation_row(sat, label):
@@ -510,6 +564,9 @@ def write_report(path, results, command):
                               f"{TARGET_MODEL}, concurrency 1, binary: serve p50 <= raw p50 + 0.1 ms "
                               f"({n} alternating raw/HTTP pairs of {paired['slice_s']} s; median of "
                               f"the per-pair differences)"))
+            tcp_pairs = [p for p in paired["c1"]["pairs"] if "tcp" in p]
+            if tcp_pairs:
+                out.append(tcp_floor_row(tcp_pairs))
         raw1 = next((r for r in rows if r["path"] == "raw" and r["concurrency"] == 1), None)
         bin1 = next((r for r in rows if r["path"] == "http binary" and r["concurrency"] == 1), None)
         if raw1 and bin1:
@@ -523,6 +580,14 @@ def write_report(path, results, command):
                 sat, f"{TARGET_MODEL}, saturation, binary: serve throughput >= 97% of raw "
                 f"(each at its fastest concurrency in the table: raw c={sat['raw_c']}, "
                 f"HTTP c={sat['http_c']}; {n} alternating pairs)"))
+        if paired and "saturation_instances" in paired:
+            sat = paired["saturation_instances"]
+            config = sat["label"].split(" ", 1)[1].replace(",", ", ").replace("=", ": ")
+            out.append(saturation_row(
+                sat, f"{TARGET_MODEL}, saturation, binary, the throughput configuration "
+                f"(`{config}` in config.yaml) vs raw with the same session options "
+                f"(`raw_ort --intra-op-threads 1`), each at its fastest concurrency in the table "
+                f"(raw c={sat['raw_c']}, HTTP c={sat['http_c']}; {n} alternating pairs)"))
         if paired and "c1_shm" in paired:
             out.append(c1_row(paired["c1_shm"]["pairs"],
                               f"{TARGET_MODEL}, concurrency 1, shared memory input (system shared "
@@ -725,6 +790,7 @@ def main():
              "loadgen": os.path.join(args.build, "bench", "loadgen"),
              "grpc_loadgen": os.path.join(args.build, "bench", "grpc_loadgen"),
              "bare_load": os.path.join(args.build, "bench", "bare_load"),
+             "tcp_floor": os.path.join(args.build, "bench", "tcp_floor"),
              "serve": os.path.join(args.build, "src", "serve", "outpost-serve")}
     for name, path in tools.items():
         if not os.access(path, os.X_OK):

@@ -17,7 +17,7 @@ if [[ ! -f "$BUILD/build.ninja" ]]; then
 fi
 PY=/usr/bin/python3  # Debian's python: torch, torchvision and onnx live there
 
-cmake --build "$BUILD" --target outpost-serve loadgen grpc_loadgen raw_ort bare_load
+cmake --build "$BUILD" --target outpost-serve loadgen grpc_loadgen raw_ort bare_load tcp_floor
 
 MODELS="$BUILD/bench-models"
 if [[ ! -f "$MODELS/tiny/1/model.onnx" || ! -f "$MODELS/mobilenet_v2/1/model.onnx" ||
