@@ -34,6 +34,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -201,10 +202,26 @@ class Session final : public SessionBase {
     asio::post(stream_.get_executor(), [self = Self()] {
       self->draining_ = true;
       switch (self->state_) {
-        case State::kHandshake:
         case State::kIdle:
         case State::kReading:
-          self->CloseSocket();  // no request in flight; pending ops abort
+          // A request whose bytes had arrived when the server began to stop
+          // (in the socket, in the read buffer, or partly parsed: its io
+          // thread was busy, say with an inline inference) is read and
+          // answered like one in flight; the grace period bounds a client
+          // that stalls half-way.
+          if (self->RequestArrived()) break;
+          // Asked again after whatever the strand already holds: a read the
+          // reactor has completed but whose handler has not run yet moved
+          // the bytes out of the socket without committing them.
+          asio::post(self->stream_.get_executor(), [self] {
+            if ((self->state_ == State::kIdle || self->state_ == State::kReading) &&
+                !self->RequestArrived()) {
+              self->CloseSocket();  // no request in flight; pending ops abort
+            }
+          });
+          break;
+        case State::kHandshake:
+          self->CloseSocket();
           break;
         default:
           break;  // answer, then close (keep-alive is off from now on)
@@ -270,6 +287,13 @@ class Session final : public SessionBase {
       return;
     }
     ArmTimer();
+  }
+
+  // Whether any byte of a next request has been received.
+  bool RequestArrived() {
+    if (buffer_.size() > 0 || (parser_ && parser_->got_some())) return true;
+    error_code ec;
+    return socket().available(ec) > 0 && !ec;
   }
 
   // ---- reading a request
@@ -652,7 +676,12 @@ struct Server::Impl : Core {
 
   void Accept() {
     acceptor.async_accept(asio::make_strand(NextContext()), [this](error_code ec, Socket socket) {
-      if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+      if (ec == asio::error::operation_aborted) return;
+      if (!acceptor.is_open()) {
+        // Accepted just before Stop closed the listener: served like the rest.
+        if (!ec) OnAccept(std::move(socket));
+        return;
+      }
       if (ec) {
         // EMFILE and friends: retry shortly rather than spin.
         spdlog::warn("http: accept on port {} failed: {}", port, ec.message());
@@ -670,7 +699,11 @@ struct Server::Impl : Core {
   void AcceptLocal() {
     local_acceptor.async_accept(
         asio::make_strand(NextContext()), [this](error_code ec, LocalSocket socket) {
-          if (ec == asio::error::operation_aborted || !local_acceptor.is_open()) return;
+          if (ec == asio::error::operation_aborted) return;
+          if (!local_acceptor.is_open()) {
+            if (!ec) Register(std::make_shared<Session<LocalSocket>>(*this, std::move(socket)));
+            return;
+          }
           if (ec) {
             spdlog::warn("http: accept on {} failed: {}", options.unix_socket_path, ec.message());
             local_accept_retry.expires_after(std::chrono::milliseconds(50));
@@ -694,13 +727,37 @@ struct Server::Impl : Core {
     }
   }
 
+  // A connection accepted once Stop has begun still has its request
+  // answered if it already sent one (BeginShutdown decides).
   void Register(std::shared_ptr<SessionBase> session) {
+    bool stopping = false;
     {
       absl::MutexLock lock(&sessions_mu);
-      if (!accepting) return;  // stopping: the socket closes with the session
+      stopping = !accepting;
       sessions.emplace(session.get(), session);
     }
     session->Start();
+    if (stopping) session->BeginShutdown();
+  }
+
+  // On the acceptor's strand, when stopping: accepts every connection the
+  // kernel has already completed (clients that connected and may have sent
+  // a request before the server began to stop; closing the listener would
+  // reset them), then closes the listener.
+  template <typename Acceptor, typename Accepted>
+  void CloseListener(Acceptor& listener, asio::steady_timer& retry, Accepted accepted) {
+    error_code ec;
+    if (listener.is_open()) {
+      listener.non_blocking(true, ec);
+      while (!ec) {
+        typename Acceptor::protocol_type::socket::template rebind_executor<Strand>::other socket(
+            asio::make_strand(NextContext()));
+        listener.accept(socket, ec);
+        if (!ec) accepted(std::move(socket));
+      }
+    }
+    listener.close(ec);
+    retry.cancel();
   }
 
   void RunThread(int index) {
@@ -733,6 +790,25 @@ struct Server::Impl : Core {
     absl::MutexLock lock(&lifecycle_mu);
     if (stopped) return;
     stopped = true;
+    if (started) {
+      // The listeners close first, on their strands (the backlog is
+      // accepted, not reset); then every connection learns the server is
+      // stopping.
+      absl::Notification tcp_closed, local_closed;
+      asio::post(acceptor.get_executor(), [this, &tcp_closed] {
+        CloseListener(acceptor, accept_retry,
+                      [this](Socket socket) { OnAccept(std::move(socket)); });
+        tcp_closed.Notify();
+      });
+      asio::post(local_acceptor.get_executor(), [this, &local_closed] {
+        CloseListener(local_acceptor, local_accept_retry, [this](LocalSocket socket) {
+          Register(std::make_shared<Session<LocalSocket>>(*this, std::move(socket)));
+        });
+        local_closed.Notify();
+      });
+      tcp_closed.WaitForNotification();
+      local_closed.WaitForNotification();
+    }
     std::vector<std::shared_ptr<SessionBase>> open;
     {
       absl::MutexLock sessions_lock(&sessions_mu);
@@ -741,16 +817,6 @@ struct Server::Impl : Core {
       for (auto& [ptr, session] : sessions) open.push_back(session);
     }
     if (started) {
-      asio::post(acceptor.get_executor(), [this] {
-        error_code ignored;
-        acceptor.close(ignored);
-        accept_retry.cancel();
-      });
-      asio::post(local_acceptor.get_executor(), [this] {
-        error_code ignored;
-        local_acceptor.close(ignored);
-        local_accept_retry.cancel();
-      });
       for (auto& session : open) session->BeginShutdown();
       open.clear();
       // Graceful part: requests in flight answer, idle connections close.

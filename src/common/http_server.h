@@ -133,7 +133,9 @@ class Server {
   // Starts the io threads and accepting. Once; no-op after Stop().
   void Start();
   // Stops accepting, closes idle connections, lets requests in flight answer
-  // (with "Connection: close") for up to `shutdown_grace`, then closes the
+  // (with "Connection: close") for up to `shutdown_grace` - a request counts
+  // as in flight once any of its bytes has reached the server, read yet or
+  // not - then closes the
   // rest, stops the io threads and joins them; later Sends are dropped.
   // Idempotent. Never call it from a handler (an io thread): it joins them.
   void Stop();

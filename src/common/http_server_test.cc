@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <deque>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -796,6 +797,51 @@ TEST(HttpServerTest, StopLetsRequestsInFlightFinish) {
   TestClient late(server->port());
   EXPECT_TRUE(late.connect_error());
   server->Stop();  // idempotent
+}
+
+// Requests that reached the server before Stop but were not read yet - the
+// only io thread was busy in a handler - are read and answered too: one on
+// a connection already accepted, one whose connection was still in the
+// listener's backlog. An idle connection is closed without waiting.
+TEST(HttpServerTest, StopAnswersRequestsThatArrivedButWereNotReadYet) {
+  std::promise<void> entered, release;
+  std::shared_future<void> released = release.get_future().share();
+  ServerOptions options;
+  options.threads = 1;
+  options.shutdown_grace = 5s;
+  auto server = StartServer(options, [&](Request&& request, Responder responder) {
+    if (request.target() == "/block") {
+      entered.set_value();
+      released.wait();  // holds the only io thread, as an inline inference would
+    }
+    responder.Send(JsonResponse(request, Status::ok, R"({"answered":true})"));
+  });
+  ASSERT_TRUE(server);
+  TestClient idle(server->port());
+  TestClient accepted(server->port());
+  TestClient blocker(server->port());
+  ASSERT_FALSE(blocker.Write(MakeRequest(bhttp::verb::get, "/block")));
+  entered.get_future().wait();
+  // The io thread is held: these bytes stay unread, this connection unaccepted.
+  ASSERT_FALSE(accepted.Write(MakeRequest(bhttp::verb::get, "/accepted")));
+  TestClient backlog(server->port());
+  ASSERT_FALSE(backlog.connect_error());
+  ASSERT_FALSE(backlog.Write(MakeRequest(bhttp::verb::get, "/backlog")));
+
+  auto start = Clock::now();
+  std::thread stopper([&] { server->Stop(); });
+  std::this_thread::sleep_for(50ms);  // Stop has begun and waits for the io thread
+  release.set_value();
+  stopper.join();
+  EXPECT_LT(MillisSince(start), 3000);  // nothing waited for the grace period
+  for (TestClient* client : {&blocker, &accepted, &backlog}) {
+    TestClient::Result result = client->Read();
+    ASSERT_FALSE(result.ec) << result.ec.message();
+    EXPECT_EQ(result.response.result(), Status::ok);
+    EXPECT_EQ(Json(result.response)["answered"], true);
+    EXPECT_EQ(client->ReadUntilClosed(2s), asio::error::eof);  // then closed
+  }
+  EXPECT_EQ(idle.ReadUntilClosed(2s), asio::error::eof);
 }
 
 TEST(HttpServerTest, StopDoesNotHangOnAHeldResponder) {
