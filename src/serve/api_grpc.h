@@ -60,8 +60,10 @@ class GrpcApi {
   int port() const { return port_; }
   bool tls() const { return tls_; }
 
-  // Stops accepting calls, lets calls in flight finish for up to `grace`,
-  // then cancels the rest. Idempotent.
+  // Lets calls in flight - queued inferences, and calls still arriving
+  // (a client's messages may wait on HTTP/2 flow control) - finish until
+  // none is left or `grace` has passed, then stops accepting and cancels
+  // the rest. Idempotent.
   void Shutdown(std::chrono::milliseconds grace);
 
  private:

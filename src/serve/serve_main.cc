@@ -66,6 +66,7 @@ int Run(int argc, char** argv) {
   size_t max_body = 64u << 20;
   int request_timeout_ms = 30000;
   int idle_timeout_ms = 60000;
+  int exit_timeout_secs = 30;
   std::string tls_cert, tls_key;
   std::string unix_socket;
   bool allow_insecure = false;
@@ -117,6 +118,11 @@ int Run(int argc, char** argv) {
   app.add_option("--http-idle-timeout-ms", idle_timeout_ms,
                  "Close keep-alive connections idle this long")
       ->check(CLI::Range(10, 3600000))
+      ->capture_default_str();
+  app.add_option("--exit-timeout-secs", exit_timeout_secs,
+                 "On SIGTERM/SIGINT, wait this long for requests already received "
+                 "(queued ones included) to be answered before exiting")
+      ->check(CLI::Range(0, 3600))
       ->capture_default_str();
   app.add_option("--tls-cert", tls_cert, "PEM certificate chain: serve HTTPS");
   app.add_option("--tls-key", tls_key, "PEM private key for --tls-cert");
@@ -192,6 +198,7 @@ int Run(int argc, char** argv) {
   server_options.max_body_bytes = max_body;
   server_options.request_timeout = std::chrono::milliseconds(request_timeout_ms);
   server_options.idle_timeout = std::chrono::milliseconds(idle_timeout_ms);
+  server_options.shutdown_grace = std::chrono::seconds(exit_timeout_secs);
   server_options.server_name = "outpost-serve/" OUTPOST_VERSION;
   server_options.tls_cert_file = tls_cert;
   server_options.tls_key_file = tls_key;
@@ -273,11 +280,20 @@ int Run(int argc, char** argv) {
   ticker.Stop();
   if (pipelines) pipelines->Stop();  // in-flight frames reach the sinks
   pipelines.reset();
-  repo.UnloadAll();  // queued requests finish and are answered (HTTP and gRPC)
-  // Then connections close; a gRPC call still in flight (a repository load)
-  // gets a few seconds before it is cancelled.
-  if (grpc_api) grpc_api->Shutdown(std::chrono::seconds(5));
+  // Stop taking work, answer what has arrived, then release the models.
+  // HTTP and gRPC stop side by side while every model is still loaded: each
+  // stops accepting and answers the requests it already received, queued
+  // ones and ones its io threads had not read yet, within
+  // --exit-timeout-secs; the rest are cut off.
+  std::thread grpc_stop;
+  if (grpc_api) {
+    grpc_stop = std::thread([&grpc_api, exit_timeout_secs] {
+      grpc_api->Shutdown(std::chrono::seconds(exit_timeout_secs));
+    });
+  }
   (*server)->Stop();
+  if (grpc_stop.joinable()) grpc_stop.join();
+  repo.UnloadAll();  // whatever is still queued (past the timeout) is dropped with its answer
   repository->reset();
   grpc_api.reset();
   spdlog::info("stopped");
