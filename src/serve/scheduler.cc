@@ -206,6 +206,8 @@ struct Queue {
   int running ABSL_GUARDED_BY(mu) = 0;
   bool inline_running ABSL_GUARDED_BY(mu) = false;
   bool stopping ABSL_GUARDED_BY(mu) = false;
+  // Set by Abandon: queued requests are answered with it instead of run.
+  absl::Status abandoned ABSL_GUARDED_BY(mu);
   bool threads_claimed ABSL_GUARDED_BY(mu) = false;
   bool joined ABSL_GUARDED_BY(mu) = false;
 
@@ -259,13 +261,19 @@ class Worker {
   // once the scheduler is stopping and the queue is empty; until a batch is
   // taken it touches nothing but the queue (the scheduler may be gone).
   bool Step() {
-    if (!TakeBatch()) return false;
-    RunBatch();
+    absl::Status abandoned;
+    if (!TakeBatch(&abandoned)) return false;
+    if (abandoned.ok()) {
+      RunBatch();
+    } else {
+      AbandonBatch(abandoned);
+    }
     return true;
   }
 
  private:
-  bool TakeBatch() {
+  // `abandoned`: the queue's Abandon status when the batch was taken.
+  bool TakeBatch(absl::Status* abandoned) {
     Queue& q = *queue_;
     absl::MutexLock lock(&q.mu);
     // An inline run may hold the last free instance.
@@ -273,7 +281,8 @@ class Worker {
       if (q.size == 0 && q.stopping) return false;
       q.work_cv.Wait(&q.mu);
     }
-    const size_t count = q.batching ? Gather(q) : 1;
+    const size_t count = q.batching && q.abandoned.ok() ? Gather(q) : 1;
+    *abandoned = q.abandoned;  // after Gather, which Abandon cuts short
     for (size_t i = 0; i < count; ++i) {
       batch_.push_back(std::move(q.At(0)));
       q.Pop();
@@ -315,7 +324,7 @@ class Worker {
         if (total == q.max_batch_size) full = true;
         if (q.IsPreferred(total)) preferred_count = count;
       }
-      if (full || q.stopping || preferred_count == count) break;
+      if (full || q.stopping || !q.abandoned.ok() || preferred_count == count) break;
       const Clock::time_point now = Clock::now();
       if (now >= deadline) break;
       // As Triton does: a preferred size already passed runs now rather than
@@ -386,6 +395,18 @@ class Worker {
       Split(*result, start, compute_ns, total, same_outputs);
     }
     batch_.clear();
+  }
+
+  // Answers the batch's requests with `reason`, without running them.
+  void AbandonBatch(const absl::Status& reason) {
+    {
+      absl::MutexLock lock(&queue_->mu);
+      --queue_->running;
+    }
+    // Each callback may destroy the scheduler: nothing of `this` after the last.
+    std::vector<Pending> batch = std::move(batch_);
+    batch_.clear();
+    for (Pending& p : batch) std::move(p.done)(reason);
   }
 
   static InferStats Stats(const Pending& p, Clock::time_point start, int64_t compute_ns,
@@ -561,6 +582,7 @@ absl::Status Scheduler::Submit(InferRequest&& request, InferCallback done, Submi
   {
     absl::MutexLock lock(&q.mu);
     if (q.stopping) return absl::UnavailableError(Cat(q.display_name, " is unloading"));
+    if (!q.abandoned.ok()) return q.abandoned;
     if (mode == SubmitMode::kMayRunInline && q.CanRunInline(batch)) {
       ++q.running;
       q.inline_running = true;
@@ -614,6 +636,16 @@ void Scheduler::RunInline(InferRequest& request, std::span<const int> outputs, i
   } else {
     std::move(done)(InferResponse{std::move(*result), stats});
   }
+}
+
+void Scheduler::Abandon(absl::Status reason) {
+  if (reason.ok()) reason = absl::UnavailableError("abandoned");
+  Queue& q = *impl_->queue;
+  absl::MutexLock lock(&q.mu);
+  if (!q.abandoned.ok()) return;
+  q.abandoned = std::move(reason);
+  q.work_cv.SignalAll();
+  q.gather_cv.SignalAll();
 }
 
 void Scheduler::Drain() {

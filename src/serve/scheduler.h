@@ -134,6 +134,14 @@ class Scheduler {
   // rest of the queue itself and is detached instead of joined.
   void Drain();
 
+  // From now on nothing more is run: every request still queued (or being
+  // gathered into a batch) is answered with `reason` (Unavailable when it is
+  // OK) by an instance thread, and Submit refuses new ones with it. Batches
+  // already running finish. For a shutdown whose deadline has passed: the
+  // clients are gone, so their queued work is not computed. Idempotent (the
+  // first reason stays).
+  void Abandon(absl::Status reason);
+
   // Accepted requests not yet running (including those being gathered).
   int64_t queue_depth() const { return queue_depth_.load(std::memory_order_relaxed); }
   const SchedulerOptions& options() const { return options_; }

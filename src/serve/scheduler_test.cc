@@ -663,6 +663,59 @@ TEST(SchedulerTest, DrainCompletesQueuedRequestsThenRejects) {
   (*scheduler)->Drain();  // idempotent
 }
 
+TEST(SchedulerTest, AbandonAnswersQueuedRequestsWithoutRunningThem) {
+  for (bool batching : {false, true}) {
+    SCOPED_TRACE(batching ? "dynamic batching" : "no batching");
+    auto engine = LoadEngine("add_one", 8);
+    ASSERT_NE(engine, nullptr);
+    const std::vector<float> x = Rows(1, 1);
+    Gate gate;
+    Results results(3);
+    std::atomic<int> batches = 0;
+    SchedulerOptions options = Options("add_one:1", 8);
+    if (batching) options.dynamic_batching = Batching(/*delay_us=*/200000);
+    options.on_batch = [&](int, int64_t, bool) { batches.fetch_add(1); };
+    auto scheduler = Scheduler::Create(*engine, options);
+    ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+
+    ASSERT_TRUE((*scheduler)->Submit(AddOneRequest(x), gate.Hold()).ok());
+    gate.WaitHeld();  // the only instance thread is held after the first run
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE((*scheduler)->Submit(AddOneRequest(x), results.Callback(i)).ok());
+    }
+    const absl::Status reason = absl::UnavailableError("server is shutting down");
+    (*scheduler)->Abandon(reason);
+    (*scheduler)->Abandon(absl::CancelledError("second"));  // the first reason stays
+    gate.Open();
+    ASSERT_TRUE(results.WaitFor(3));
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(results[i].status(), reason);
+    EXPECT_EQ(batches.load(), 1);  // only the request that was running ran
+    EXPECT_EQ(SubmitError(**scheduler, AddOneRequest(x)), reason);
+    EXPECT_EQ((*scheduler)->queue_depth(), 0);
+    (*scheduler)->Drain();
+  }
+}
+
+TEST(SchedulerTest, AbandonCutsABatchBeingGatheredShort) {
+  auto engine = LoadEngine("add_one", 8);
+  ASSERT_NE(engine, nullptr);
+  std::atomic<int> batches = 0;
+  SchedulerOptions options = Options("add_one:1", 8);
+  options.dynamic_batching = Batching(/*delay_us=*/10000000);  // would wait 10 s for more
+  options.on_batch = [&](int, int64_t, bool) { batches.fetch_add(1); };
+  auto scheduler = Scheduler::Create(*engine, options);
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  Results results(1);
+  ASSERT_TRUE((*scheduler)->Submit(AddOneRequest(Rows(1, 1)), results.Callback(0)).ok());
+  std::this_thread::sleep_for(milliseconds(50));  // the instance thread is gathering
+  const auto start = std::chrono::steady_clock::now();
+  (*scheduler)->Abandon(absl::UnavailableError("gone"));
+  ASSERT_TRUE(results.WaitFor(1));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  EXPECT_EQ(results[0].status().message(), "gone");
+  EXPECT_EQ(batches.load(), 0);
+}
+
 TEST(SchedulerTest, DrainFromCallbackDoesNotDeadlock) {
   auto engine = LoadEngine("add_one", 8);
   ASSERT_NE(engine, nullptr);

@@ -293,7 +293,17 @@ int Run(int argc, char** argv) {
   }
   (*server)->Stop();
   if (grpc_stop.joinable()) grpc_stop.join();
-  repo.UnloadAll();  // whatever is still queued (past the timeout) is dropped with its answer
+  // Past the timeout nobody waits for what is still queued: not computed.
+  int64_t abandoned = 0;
+  repo.ForEachVersion([&abandoned](serve::ModelVersion& version) {
+    abandoned += version.scheduler().queue_depth();
+    version.scheduler().Abandon(absl::UnavailableError("server is shutting down"));
+  });
+  if (abandoned > 0) {
+    spdlog::warn("--exit-timeout-secs ({} s) passed: {} queued requests abandoned",
+                 exit_timeout_secs, abandoned);
+  }
+  repo.UnloadAll();
   repository->reset();
   grpc_api.reset();
   spdlog::info("stopped");

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import select
 import signal
 import sys
@@ -149,6 +150,49 @@ class ShutdownTest(harness.ServerTestCase):
         self.assertEqual(rc, 0, "exit code after SIGTERM")
         self.assertEqual(others, [], "every request that arrived before SIGTERM gets an answer (200, or 503)")
         self.assertGreater(len(after_signal), 0, "no request was still queued at SIGTERM: the test proves nothing")
+
+    def test_exit_timeout_abandons_what_is_still_queued(self):
+        """Past --exit-timeout-secs (0 here) the connections close and the
+        queued requests are answered 'shutting down' without being computed:
+        the process exits at once, cleanly, and says how many it abandoned."""
+        rows = 64  # a few ms of compute each: far more queued than computed
+        server = harness.Server(models=["heavy"], flags=["--exit-timeout-secs", "0"], configs={
+            "heavy": f"max_batch_size: {rows}\ninstance_count: 1\nintra_op_threads: 1\n"
+                     f"max_queue_size: {QUEUED * 2}\n"})
+        self.addCleanup(server.cleanup)
+        try:
+            server.start()
+            request = request_bytes(rows)
+            socks = [server.raw_socket(timeout=20) for _ in range(QUEUED)]
+            for sock in socks:
+                sock.sendall(request)
+            time.sleep(0.05)  # read and queued; only a few computed yet
+            server.proc.send_signal(signal.SIGTERM)
+            start = time.monotonic()
+            proc, server.proc = server.proc, None
+            rc = proc.wait(30)
+            exit_s = time.monotonic() - start
+            server._log.close()
+            answered = 0
+            for sock in socks:
+                try:
+                    resp = harness.read_http_response(sock, timeout=5)
+                    answered += 1 if resp and resp.status == 200 else 0
+                except (OSError, AssertionError):
+                    pass
+                sock.close()
+        except BaseException:
+            server.kill()
+            server.print_log()
+            raise
+        log = server.log_text()
+        print(f"\nexit timeout 0: exited {exit_s:.2f} s after SIGTERM, {answered} of {QUEUED} "
+              f"answered 200", flush=True)
+        self.assertEqual(rc, 0, "exit code after SIGTERM")
+        match = re.search(r"--exit-timeout-secs \(0 s\) passed: (\d+) queued requests abandoned", log)
+        self.assertIsNotNone(match, log[-3000:])
+        self.assertGreater(int(match.group(1)), 0)
+        self.assertLess(answered, QUEUED)
 
 
 if __name__ == "__main__":
