@@ -1008,6 +1008,13 @@ TEST_F(ProxyEnvironmentConnectionTest, NoProxyAndLoopbackGoDirectEverythingElseT
   setenv("HTTP_PROXY", StrCat("http://127.0.0.1:", proxy.port()).c_str(), 1);
   EXPECT_EQ(Get(remote_url).value_or("error"), "\"proxied\"");
   EXPECT_EQ(Get(local_url).value_or("error"), "\"local\"");  // loopback: always direct
+  {
+    // An explicit proxy with no host: direct, whatever the environment says.
+    auto url = ParseHttpUrl(remote_url);
+    Collected got;
+    ASSERT_TRUE(HttpConnection::Create({.proxy = HttpProxy{}})->Exchange({.url = &*url}, got).ok());
+    EXPECT_EQ(got.body, "\"direct\"");
+  }
   EXPECT_EQ(Get(StrCat("http://localhost:", (*local)->port(), "/")).value_or("error"), "\"local\"");
   setenv("NO_PROXY", StrCat("example.org, ", ip).c_str(), 1);
   EXPECT_EQ(Get(remote_url).value_or("error"), "\"direct\"");
