@@ -50,6 +50,9 @@ PACKAGES=(
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-videoio-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev prometheus
+  # the HTTP client's proxy tests run tinyproxy (the executable only: the
+  # `tinyproxy` package would also install and start a system service)
+  tinyproxy-bin
   # the hub's store tests start a throwaway PostgreSQL 15 server (initdb +
   # postgres from /usr/lib/postgresql/15/bin in a temporary directory)
   postgresql-15

@@ -10,7 +10,7 @@ seconds=${2:-60}
 here=$(cd "$(dirname "$0")/.." && pwd)
 # Targets whose input is local configuration rather than network input get
 # a share of the time: percent of SECONDS (default 100).
-declare -A percent=([pipeline_config]=50)
+declare -A percent=([pipeline_config]=50 [http_proxy]=25)
 mapfile -t targets < <(find "$build/src" -maxdepth 3 -type f -name '*_fuzz' -perm -u+x | sort)
 if [ ${#targets[@]} -eq 0 ]; then
   echo "run_fuzzers: no fuzz targets in $build" >&2

@@ -84,8 +84,9 @@ absl::Status HttpErrorStatus(const HttpResponse& response, std::string_view cont
 }
 
 absl::StatusOr<std::unique_ptr<HttpClient>> HttpClient::Create(HttpClientOptions options) {
-  auto connection = HttpConnection::Create(
-      {.ca_file = options.ca_file, .connect_timeout = options.connect_timeout});
+  auto connection = HttpConnection::Create({.ca_file = options.ca_file,
+                                            .connect_timeout = options.connect_timeout,
+                                            .proxy = options.proxy});
   return std::unique_ptr<HttpClient>(new HttpClient(std::move(options), std::move(connection)));
 }
 

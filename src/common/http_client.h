@@ -38,6 +38,9 @@ struct HttpClientOptions {
   std::chrono::milliseconds connect_timeout{10000};
   // Whole request, unless the request sets its own (long polls do).
   std::chrono::milliseconds timeout{30000};
+  // Unset: the environment's https_proxy/http_proxy/no_proxy decide
+  // (common/http_proxy.h). See HttpConnectionOptions::proxy.
+  std::optional<HttpProxy> proxy;
 };
 
 struct HttpRequest {
@@ -77,7 +80,8 @@ class HttpClient {
 
   // Performs one request. Any HTTP status is a response (callers decide
   // what a 4xx means). Errors: InvalidArgument (malformed URL, a scheme
-  // other than http/https, a header with CR/LF), FailedPrecondition (TLS
+  // other than http/https, a header with CR/LF, a malformed proxy
+  // variable), PermissionDenied (the proxy refused the tunnel: 407 or 403), FailedPrecondition (TLS
   // verification failed: wrong CA or name; unreadable CA file), DeadlineExceeded (timed out),
   // Unavailable (could not connect, connection reset: worth retrying), or the errno status of
   // opening `body_file` (NotFound, PermissionDenied, ...). Messages name

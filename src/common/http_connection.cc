@@ -24,6 +24,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <cctype>
@@ -33,6 +34,8 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+
+#include "common/http_proxy.h"
 
 namespace outpost {
 namespace {
@@ -460,7 +463,12 @@ struct HttpConnection::Impl {
   // At most one of these is open.
   std::optional<tcp::socket> plain;
   std::unique_ptr<TlsStream> tls;
-  std::string origin;  // of the open connection
+  std::string origin;            // of the open connection
+  std::optional<HttpProxy> via;  // the proxy the open connection goes through
+  // The proxy chosen from the environment for route_origin (read once per
+  // target, not per request).
+  std::string route_origin;
+  std::optional<HttpProxy> route;
   boost::beast::flat_buffer buffer;
   std::unique_ptr<char[]> chunk{new char[kChunk]};
   // For the next handshake with session_origin (resumption).
@@ -487,7 +495,29 @@ struct HttpConnection::Impl {
     tls.reset();
     plain.reset();
     origin.clear();
+    via.reset();
     buffer.clear();
+  }
+
+  // The proxy to reach `url` (with origin `target`) through, or null.
+  absl::Status Route(const ParsedUrl& url, const std::string& target, const HttpProxy** proxy) {
+    if (options.proxy) {
+      *proxy = options.proxy->host.empty() ? nullptr : &*options.proxy;
+      return absl::OkStatus();
+    }
+    if (target != route_origin) {
+      ASSIGN_OR_RETURN(route, ProxyFromEnvironment(url));
+      route_origin = target;
+    }
+    *proxy = route ? &*route : nullptr;
+    return absl::OkStatus();
+  }
+
+  // Whether the open connection goes through `proxy` (null: direct).
+  bool Via(const HttpProxy* proxy) const {
+    if (proxy == nullptr || !via) return proxy == nullptr && !via;
+    return via->host == proxy->host && via->port == proxy->port &&
+           via->authorization == proxy->authorization;
   }
 
   // A kept connection with something to read while no request is out was
@@ -578,23 +608,35 @@ struct HttpConnection::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status Connect(const ParsedUrl& url) {
+  // Connects to `url`'s server, directly or through `proxy` (a CONNECT
+  // tunnel for https://), and does the TLS handshake.
+  absl::Status Connect(const ParsedUrl& url, const HttpProxy* proxy) {
     Close();
     std::string where = StrCat(url.host, ":", url.port);
     if (url.tls) RETURN_IF_ERROR(EnsureTlsConfig());
+    // What is connected to: the server, or the proxy.
+    const std::string& peer_host = proxy ? proxy->host : url.host;
+    const uint16_t peer_port = proxy ? proxy->port : url.port;
+    std::string peer =
+        proxy ? StrCat("the proxy ", proxy->Address(), " (from ", proxy->source, ")") : where;
     tcp::resolver resolver(ioc);
     error_code ec;
     auto endpoints =
-        resolver.resolve(url.host, std::to_string(url.port), tcp::resolver::numeric_service, ec);
-    if (ec) return absl::UnavailableError(StrCat("cannot resolve ", url.host, ": ", ec.message()));
+        resolver.resolve(peer_host, std::to_string(peer_port), tcp::resolver::numeric_service, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          proxy ? StrCat("cannot resolve the host of ", peer, ": ", ec.message())
+                : StrCat("cannot resolve ", url.host, ": ", ec.message()));
+    }
     if (url.tls) {
       tls = std::make_unique<TlsStream>(ioc, &tls_config->conf);
     } else {
       plain.emplace(ioc);
     }
     const auto connect_deadline = Clock::now() + options.connect_timeout;
-    const std::string timeout_what = StrCat("connecting to ", where, " timed out after ",
-                                            options.connect_timeout.count(), " ms");
+    const std::string timeout_what =
+        StrCat("connecting to ", where, proxy ? StrCat(" through ", peer) : std::string(),
+               " timed out after ", options.connect_timeout.count(), " ms");
     absl::Status aborted = Run(
         [&](auto handler) {
           asio::async_connect(Lowest(), endpoints,
@@ -607,7 +649,9 @@ struct HttpConnection::Impl {
     }
     if (ec) {
       Close();
-      return absl::UnavailableError(StrCat("cannot connect to ", where, ": ", ec.message()));
+      return absl::UnavailableError(
+          proxy ? StrCat("cannot connect to ", peer, " to reach ", where, ": ", ec.message())
+                : StrCat("cannot connect to ", where, ": ", ec.message()));
     }
     tcp::socket& socket = Lowest();
     socket.set_option(tcp::no_delay(true), ec);
@@ -615,9 +659,77 @@ struct HttpConnection::Impl {
     int idle = kKeepAliveIdleSeconds, interval = kKeepAliveIntervalSeconds;
     ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
     ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+    if (proxy && url.tls) {
+      absl::Status tunnel = Tunnel(url, *proxy, peer, connect_deadline, timeout_what);
+      if (!tunnel.ok()) {
+        Close();
+        return tunnel;
+      }
+    }
     if (url.tls) RETURN_IF_ERROR(Handshake(url, connect_deadline, timeout_what));
     origin = url.Origin();
+    if (proxy) via = *proxy;
     return absl::OkStatus();
+  }
+
+  // Asks the proxy for a tunnel to `url`'s host and port (CONNECT): OK when
+  // it answered 2xx; the TLS handshake with the server follows on the
+  // socket. Closing on errors is the caller's.
+  absl::Status Tunnel(const ParsedUrl& url, const HttpProxy& proxy, const std::string& peer,
+                      Clock::time_point deadline, const std::string& timeout_what) {
+    const std::string target = url.host.find(':') != std::string::npos
+                                   ? StrCat("[", url.host, "]:", url.port)
+                                   : StrCat(url.host, ":", url.port);
+    std::string request = StrCat("CONNECT ", target, " HTTP/1.1\r\nHost: ", target, "\r\n");
+    if (!proxy.authorization.empty()) {
+      StrAppend(&request, "Proxy-Authorization: ", proxy.authorization, "\r\n");
+    }
+    request += "\r\n";
+    tcp::socket& socket = Lowest();
+    error_code ec;
+    RETURN_IF_ERROR(
+        Run([&](auto handler) { asio::async_write(socket, asio::buffer(request), handler); }, &ec,
+            nullptr, deadline, timeout_what));
+    if (ec) {
+      return absl::UnavailableError(
+          StrCat("sending CONNECT ", target, " to ", peer, " failed: ", ec.message()));
+    }
+    // A 2xx to a CONNECT has no body, whatever its headers say; any other
+    // answer is not read past its head (the connection is dropped).
+    bhttp::response_parser<bhttp::empty_body> parser;
+    parser.skip(true);
+    parser.header_limit(16 * 1024);
+    RETURN_IF_ERROR(
+        Run([&](auto handler) { bhttp::async_read_header(socket, buffer, parser, handler); }, &ec,
+            nullptr, deadline, timeout_what));
+    if (ec) {
+      return absl::UnavailableError(StrCat("reading the answer of ", peer, " to CONNECT ", target,
+                                           " failed: ", ec.message()));
+    }
+    const auto& answer = parser.get();
+    const int status = static_cast<int>(answer.result_int());
+    if (status >= 200 && status < 300) {
+      if (buffer.size() != 0) {
+        return absl::UnavailableError(
+            StrCat(peer, " sent data before the TLS handshake with ", target));
+      }
+      return absl::OkStatus();
+    }
+    const std::string line =
+        StrCat("HTTP/", answer.version() / 10, ".", answer.version() % 10, " ", status, " ",
+               std::string_view(answer.reason().data(), answer.reason().size()));
+    std::string message = StrCat(peer, " refused the tunnel to ", target, ": ", line);
+    // 401 too: tinyproxy answers it when the credentials are wrong.
+    if (status == 407 || status == 401) {
+      StrAppend(&message, proxy.authorization.empty()
+                              ? ": proxy authentication is required (put user:password@ in "
+                                "the proxy URL)"
+                              : ": proxy authentication failed (check the user and password "
+                                "in the proxy URL)");
+      return absl::PermissionDeniedError(message);
+    }
+    if (status == 403) return absl::PermissionDeniedError(message);
+    return absl::UnavailableError(message);
   }
 
   absl::Status Handshake(const ParsedUrl& url, Clock::time_point deadline,
@@ -838,8 +950,18 @@ void HttpConnection::Close() { impl_->Close(); }
 absl::Status HttpConnection::Exchange(const HttpExchange& exchange, HttpResponseHandler& handler) {
   if (exchange.url == nullptr) return absl::InvalidArgumentError("HTTP exchange without a URL");
   const ParsedUrl& url = *exchange.url;
+  const std::string origin = url.Origin();
+  const HttpProxy* proxy = nullptr;
+  RETURN_IF_ERROR(impl_->Route(url, origin, &proxy));
+  // Through a proxy, http:// requests name their whole URL (absolute form)
+  // and carry the proxy's credentials; https:// ones go through a tunnel.
+  const bool absolute = proxy != nullptr && !url.tls;
   std::string head =
-      StrCat(exchange.method, " ", url.target, " HTTP/1.1\r\nHost: ", url.Authority(), "\r\n");
+      StrCat(exchange.method, " ", absolute ? "http://" : "", absolute ? url.Authority() : "",
+             url.target, " HTTP/1.1\r\nHost: ", url.Authority(), "\r\n");
+  if (absolute && !proxy->authorization.empty()) {
+    StrAppend(&head, "Proxy-Authorization: ", proxy->authorization, "\r\n");
+  }
   if (exchange.headers != nullptr) {
     for (const auto& [name, value] : *exchange.headers) {
       if (name.empty() || HasControl(name) || HasControl(value) ||
@@ -866,8 +988,8 @@ absl::Status HttpConnection::Exchange(const HttpExchange& exchange, HttpResponse
     ~Unset() { impl->watch = nullptr; }
   } unset{impl_.get()};
 
-  bool reused = impl_->origin == url.Origin() && impl_->StillUsable();
-  if (!reused) RETURN_IF_ERROR(impl_->Connect(url));
+  bool reused = impl_->origin == origin && impl_->Via(proxy) && impl_->StillUsable();
+  if (!reused) RETURN_IF_ERROR(impl_->Connect(url, proxy));
   while (true) {
     watch.Reset();
     bool stale = false;
@@ -876,7 +998,7 @@ absl::Status HttpConnection::Exchange(const HttpExchange& exchange, HttpResponse
     impl_->Close();
     if (!(reused && stale && absl::IsUnavailable(status))) return status;
     reused = false;
-    RETURN_IF_ERROR(impl_->Connect(url));
+    RETURN_IF_ERROR(impl_->Connect(url, proxy));
   }
 }
 

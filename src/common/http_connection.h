@@ -5,13 +5,12 @@
 // agent::Fetch (resumable artifact downloads).
 //
 // An HttpConnection keeps its connection open between exchanges with the
-// same scheme, host and port (keep-alive; a TLS session is kept for the next
-// handshake too), so a device polling every few seconds pays neither a TCP
-// nor a TLS handshake each time. A kept connection the server has closed in
-// the meantime is replaced transparently: a request that fails before any
-// byte of its response arrived on a reused connection is sent once more on
-// a new one. Idle connections carry TCP keep-alive probes only after 15
-// minutes (a long poll or a heartbeat connection is idle by design).
+// same scheme, host and port through the same proxy (keep-alive; a TLS
+// session is kept for the next handshake too), so a device polling every few seconds pays neither a
+// TCP nor a TLS handshake each time. A kept connection the server has closed in the meantime is
+// replaced transparently: a request that fails before any byte of its response arrived on a reused
+// connection is sent once more on a new one. Idle connections carry TCP keep-alive probes only
+// after 15 minutes (a long poll or a heartbeat connection is idle by design).
 //
 // Response bodies are passed through as received: no Content-Encoding is
 // decoded (callers that send Accept-Encoding decode what they asked for).
@@ -54,6 +53,21 @@ struct ParsedUrl {
 // optional path; InvalidArgument for anything else, naming the URL.
 absl::StatusOr<ParsedUrl> ParseHttpUrl(std::string_view url);
 
+// An HTTP proxy to go through (common/http_proxy.h chooses one from the
+// environment). https:// targets are reached through a CONNECT tunnel (TLS
+// end to end with the target: the proxy sees only the tunnel's host and
+// port), http:// targets with absolute-form requests.
+struct HttpProxy {
+  std::string host;  // IPv6 literals without brackets; empty: connect directly
+  uint16_t port = 80;
+  // The Proxy-Authorization value ("Basic <base64>"), or empty for none.
+  std::string authorization;
+  // Where the setting came from, for messages (e.g. "https_proxy").
+  std::string source = "options";
+  // "host:port" (IPv6 in brackets).
+  std::string Address() const;
+};
+
 struct HttpConnectionOptions {
   // PEM file of the CAs to trust *instead of* the system store (the hub's
   // own CA, pinned by the bootstrap file). Empty: the system store.
@@ -61,8 +75,13 @@ struct HttpConnectionOptions {
   // Optional public-key pins, "sha256//BASE64[;sha256//BASE64...]": the
   // base64 SHA-256 of the server certificate's SubjectPublicKeyInfo (DER).
   std::string pinned_public_key;
-  // TCP connect plus TLS handshake.
+  // TCP connect, plus the proxy's CONNECT exchange, plus TLS handshake.
   std::chrono::milliseconds connect_timeout{10000};
+  // Unset: the environment's proxy variables decide, read once for each new
+  // target (ProxyFromEnvironment in common/http_proxy.h; loopback targets
+  // are always direct). Set with an empty host: always direct. Set: every
+  // target goes through that proxy, loopback included.
+  std::optional<HttpProxy> proxy;
 };
 
 // Receives one response. A non-OK return aborts the exchange (the
@@ -109,14 +128,18 @@ class HttpConnection {
 
   // Sends one request and streams its response into `handler`.
   // Errors (messages name the host or the file):
-  //   InvalidArgument     a header with CR/LF/NUL, or no url
+  //   InvalidArgument     a header with CR/LF/NUL, no url, or a malformed
+  //                       proxy variable (the message names it)
   //   FailedPrecondition  TLS verification failed (CA, host name, pin) or
   //                       the CA file cannot be loaded
   //   DeadlineExceeded    the deadline passed, the connect timed out, or
   //                       the transfer stalled under the low-speed limit
   //   Cancelled           `cancelled` returned true
   //   Unavailable         name resolution, connect, reset, truncated or
-  //                       malformed response: worth retrying
+  //                       malformed response, a proxy that cannot be reached
+  //                       or refused the tunnel: worth retrying
+  //   PermissionDenied    the proxy answered 407 or 401 (authentication
+  //                       required or failed) or 403 to a CONNECT
   //   errno codes         reading body_fd
   //   whatever `handler` returned
   absl::Status Exchange(const HttpExchange& exchange, HttpResponseHandler& handler);

@@ -1,24 +1,33 @@
 #include "common/http_connection.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/http_client.h"
+#include "common/http_proxy.h"
 #include "common/http_server.h"
 
 namespace outpost {
@@ -74,6 +83,7 @@ class ScriptedServer {
   std::string Url(std::string_view path = "/x") const {
     return StrCat("http://127.0.0.1:", port_, path);
   }
+  uint16_t port() const { return port_; }
   int connections() const { return connections_.load(); }
   std::vector<std::string> requests() {
     std::lock_guard lock(mu_);
@@ -613,6 +623,476 @@ TEST_F(TlsVerificationTest, ASessionIsResumedOnTheNextConnectionToTheSameOrigin)
   // Full handshake, two resumed ones, a full one for the other origin, and
   // a full one for the new object.
   EXPECT_EQ(server.resumed(), (std::vector<bool>{false, true, true, false, false}));
+}
+
+// ---- Proxies (common/http_proxy.h) ----
+
+// Debian's tinyproxy on 127.0.0.1 in the foreground, logging each request
+// line it receives. Tests skip when it is not installed (scripts/deps.sh
+// installs it).
+class Tinyproxy {
+ public:
+  static constexpr const char* kBinary = "/usr/bin/tinyproxy";
+  static bool Installed() { return access(kBinary, X_OK) == 0; }
+
+  // `basic_auth`: "user password" to require those credentials.
+  explicit Tinyproxy(const std::string& basic_auth = "") {
+    char dir_template[] = "/tmp/tinyproxy_test_XXXXXX";
+    dir_ = mkdtemp(dir_template);
+    chmod(dir_.c_str(), 0777);  // tinyproxy may drop to nobody to write its log
+    for (int attempt = 0; attempt < 5 && pid_ < 0; ++attempt) Start(basic_auth);
+  }
+  ~Tinyproxy() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+    fs::remove_all(dir_);
+  }
+  bool running() const { return pid_ > 0; }
+  uint16_t port() const { return port_; }
+  HttpProxy Proxy(const std::string& authorization = "") const {
+    return {.host = "127.0.0.1", .port = port_, .authorization = authorization};
+  }
+  std::string Log() const {
+    std::ifstream in(dir_ / "tinyproxy.log");
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  }
+  // How often `needle` occurs in the log.
+  int Count(const std::string& needle) const {
+    std::string log = Log();
+    int n = 0;
+    for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
+    return n;
+  }
+
+ private:
+  static uint16_t FreePort() {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    socklen_t len = sizeof(addr);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    close(fd);
+    return ntohs(addr.sin_port);
+  }
+  static bool Accepts(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(fd);
+    return ok;
+  }
+  void Start(const std::string& basic_auth) {
+    port_ = FreePort();
+    std::string conf = (dir_ / "tinyproxy.conf").string();
+    {
+      std::ofstream out(conf);
+      out << "Port " << port_ << "\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\n"
+          << "LogFile \"" << (dir_ / "tinyproxy.log").string() << "\"\nLogLevel Info\n";
+      if (!basic_auth.empty()) out << "BasicAuth " << basic_auth << "\n";
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+      int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execl(kBinary, kBinary, "-d", "-c", conf.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 100; ++i) {  // up to 5 s
+      if (Accepts(port_)) {
+        pid_ = pid;
+        return;
+      }
+      if (waitpid(pid, nullptr, WNOHANG) == pid) return;  // port taken meanwhile: retry
+      std::this_thread::sleep_for(50ms);
+    }
+    kill(pid, SIGTERM);
+    waitpid(pid, nullptr, 0);
+  }
+
+  fs::path dir_;
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+};
+
+#define REQUIRE_TINYPROXY()                                                              \
+  if (!Tinyproxy::Installed()) {                                                         \
+    GTEST_SKIP() << Tinyproxy::kBinary << " is not installed (scripts/deps.sh does it)"; \
+  }
+
+class ProxyTest : public TlsVerificationTest {
+ protected:
+  // A TLS server on 127.0.0.1 that records the targets it was asked for.
+  void ServeRecording() {
+    ca_ = MakeCert(dir_, "hub", "IP:127.0.0.1");
+    http::ServerOptions options;
+    options.tls_cert_file = ca_;
+    options.tls_key_file = Key(dir_, "hub");
+    auto server = http::Server::Create(options, [this](http::Request&& request, http::Responder r) {
+      {
+        std::lock_guard lock(mu_);
+        auto target = request.target();
+        auto via = request[boost::beast::http::field::via];
+        targets_.emplace_back(target.data(), target.size());
+        vias_.emplace_back(via.data(), via.size());
+      }
+      r.Send(http::JsonResponse(request, http::Status::ok, "{\"through\":\"tunnel\"}"));
+    });
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    server_->Start();
+  }
+  std::string ca_;
+  std::mutex mu_;
+  std::vector<std::string> targets_;
+  std::vector<std::string> vias_;
+};
+
+// https:// through a proxy: one CONNECT per connection (kept alive across
+// exchanges), TLS with the target end to end (the proxy never sees the
+// request), the target's certificate checked as without a proxy.
+TEST_F(ProxyTest, HttpsGoesThroughAConnectTunnelThatIsKeptAlive) {
+  REQUIRE_TINYPROXY();
+  Tinyproxy proxy;
+  ASSERT_TRUE(proxy.running());
+  ServeRecording();
+  auto url = ParseHttpUrl(StrCat("https://127.0.0.1:", server_->port(), "/secret-path?x=1"));
+  auto connection = HttpConnection::Create({.ca_file = ca_, .proxy = proxy.Proxy()});
+  for (int i = 0; i < 3; ++i) {
+    Collected got;
+    absl::Status status = connection->Exchange({.url = &*url}, got);
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(got.status, 200);
+    EXPECT_EQ(got.body, "{\"through\":\"tunnel\"}");
+  }
+  EXPECT_EQ(proxy.Count(StrCat("CONNECT 127.0.0.1:", server_->port())), 1) << proxy.Log();
+  EXPECT_EQ(proxy.Count("secret-path"), 0) << proxy.Log();
+  {
+    std::lock_guard lock(mu_);
+    EXPECT_EQ(targets_, std::vector<std::string>(3, "/secret-path?x=1"));
+    // The proxy could not add its Via header inside the tunnel.
+    EXPECT_EQ(vias_, std::vector<std::string>(3, ""));
+  }
+  // The target's name is still verified through the tunnel.
+  auto by_name = ParseHttpUrl(StrCat("https://localhost:", server_->port(), "/"));
+  Collected refused;
+  absl::Status mismatch = connection->Exchange({.url = &*by_name}, refused);
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kFailedPrecondition) << mismatch;
+}
+
+TEST_F(ProxyTest, TlsSessionsAreResumedThroughTheTunnel) {
+  REQUIRE_TINYPROXY();
+  Tinyproxy proxy;
+  ASSERT_TRUE(proxy.running());
+  std::string ca = MakeCert(dir_, "hub", "IP:127.0.0.1");
+  ResumptionServer server(ca, Key(dir_, "hub"));
+  auto url = ParseHttpUrl(StrCat("https://127.0.0.1:", server.port(), "/"));
+  auto connection = HttpConnection::Create({.ca_file = ca, .proxy = proxy.Proxy()});
+  for (int i = 0; i < 3; ++i) {
+    Collected got;
+    absl::Status status = connection->Exchange({.url = &*url}, got);
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(got.body, "ok");
+  }
+  EXPECT_EQ(server.resumed(), (std::vector<bool>{false, true, true}));
+  // The server closes each connection: a tunnel each time.
+  EXPECT_EQ(proxy.Count(StrCat("CONNECT 127.0.0.1:", server.port())), 3) << proxy.Log();
+}
+
+// http:// through a proxy: absolute-form request targets, which the proxy
+// forwards (adding its Via header).
+TEST_F(ProxyTest, HttpGoesThroughTheProxyInAbsoluteForm) {
+  REQUIRE_TINYPROXY();
+  Tinyproxy proxy;
+  ASSERT_TRUE(proxy.running());
+  std::vector<std::string> vias;
+  auto server = http::Server::Create({}, [&](http::Request&& request, http::Responder r) {
+    auto via = request[boost::beast::http::field::via];
+    vias.emplace_back(via.data(), via.size());
+    std::string target(request.target().data(), request.target().size());
+    r.Send(http::JsonResponse(request, http::Status::ok, StrCat("\"", target, "\"")));
+  });
+  ASSERT_TRUE(server.ok());
+  (*server)->Start();
+  auto client = HttpClient::Create({.proxy = proxy.Proxy()});
+  ASSERT_TRUE(client.ok());
+  std::string url = StrCat("http://127.0.0.1:", (*server)->port(), "/v1/state?etag=7");
+  for (int i = 0; i < 2; ++i) {
+    auto response = (*client)->Send({.url = url});
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->status, 200);
+    EXPECT_EQ(response->body, "\"/v1/state?etag=7\"");
+  }
+  (*server)->Stop();
+  ASSERT_EQ(vias.size(), 2u);
+  EXPECT_NE(vias[0].find("tinyproxy"), std::string::npos) << vias[0];
+  EXPECT_EQ(proxy.Count(StrCat("GET ", url, " HTTP/1.1")), 2) << proxy.Log();
+}
+
+// The exact bytes sent to a proxy, and what its refusals become.
+TEST(ProxyRequestTest, ConnectAndAbsoluteFormCarryTheCredentials) {
+  ScriptedServer proxy([](int, int, const std::string& request) {
+    if (request.starts_with("CONNECT ")) {
+      return std::string("HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n");
+    }
+    return Ok("via proxy");
+  });
+  auto parsed =
+      ParseProxyUrl(StrCat("http://Aladdin:open%20sesame@127.0.0.1:", proxy.port()), "https_proxy");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto connection = HttpConnection::Create({.proxy = *parsed});
+
+  auto plain = ParseHttpUrl("http://hub.example:8080/v1/x?y=1");
+  Collected got;
+  ASSERT_TRUE(connection->Exchange({.url = &*plain}, got).ok());
+  EXPECT_EQ(got.body, "via proxy");
+
+  auto tls = ParseHttpUrl("https://[fd00::7]:8443/v1/x");
+  Collected refused;
+  absl::Status status = connection->Exchange({.url = &*tls}, refused);
+  EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+  EXPECT_NE(MessageOf(status).find("refused the tunnel to [fd00::7]:8443: HTTP/1.1 407 Proxy "
+                                   "Authentication Required: proxy authentication failed"),
+            std::string::npos)
+      << status;
+  EXPECT_NE(MessageOf(status).find("(from https_proxy)"), std::string::npos) << status;
+
+  auto requests = proxy.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0],
+            "GET http://hub.example:8080/v1/x?y=1 HTTP/1.1\r\nHost: hub.example:8080\r\n"
+            "Proxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\r\n");
+  EXPECT_EQ(requests[1],
+            "CONNECT [fd00::7]:8443 HTTP/1.1\r\nHost: [fd00::7]:8443\r\n"
+            "Proxy-Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n\r\n");
+}
+
+TEST(ProxyRequestTest, RefusalsUnreachableAndSilentProxiesEndClearlyAndInTime) {
+  auto tls = ParseHttpUrl("https://hub.example:8443/");
+  {
+    ScriptedServer gateway([](int, int, const std::string&) {
+      return std::string("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 3\r\n\r\nbad");
+    });
+    auto connection =
+        HttpConnection::Create({.proxy = HttpProxy{.host = "127.0.0.1", .port = gateway.port()}});
+    Collected got;
+    absl::Status status = connection->Exchange({.url = &*tls}, got);
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+    EXPECT_NE(MessageOf(status).find("refused the tunnel to hub.example:8443: HTTP/1.1 502 Bad "
+                                     "Gateway"),
+              std::string::npos)
+        << status;
+    ScriptedServer needs_auth([](int, int, const std::string&) {
+      return std::string("HTTP/1.0 407 Proxy Authentication Required\r\n\r\n");
+    });
+    status =
+        HttpConnection::Create({.proxy = HttpProxy{.host = "127.0.0.1", .port = needs_auth.port()}})
+            ->Exchange({.url = &*tls}, got);
+    EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
+    EXPECT_NE(MessageOf(status).find("proxy authentication is required"), std::string::npos)
+        << status;
+  }
+  {
+    // Nothing listens there: refused at once.
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    socklen_t len = sizeof(addr);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    close(fd);
+    HttpProxy nobody{.host = "127.0.0.1",
+                     .port = static_cast<uint16_t>(ntohs(addr.sin_port)),
+                     .source = "HTTPS_PROXY"};
+    Collected got;
+    absl::Status status = HttpConnection::Create({.proxy = nobody})->Exchange({.url = &*tls}, got);
+    EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+    EXPECT_NE(MessageOf(status).find(StrCat("cannot connect to the proxy 127.0.0.1:", nobody.port,
+                                            " (from HTTPS_PROXY) to reach hub.example:8443")),
+              std::string::npos)
+        << status;
+  }
+  {
+    // A proxy that takes the CONNECT and never answers: the connect timeout
+    // covers the exchange.
+    ScriptedServer silent([](int, int, const std::string&) { return std::string("STALL"); });
+    auto connection = HttpConnection::Create(
+        {.connect_timeout = 300ms, .proxy = HttpProxy{.host = "127.0.0.1", .port = silent.port()}});
+    Collected got;
+    auto start = std::chrono::steady_clock::now();
+    absl::Status status = connection->Exchange({.url = &*tls}, got);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+    EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+    EXPECT_NE(MessageOf(status).find("through the proxy 127.0.0.1:"), std::string::npos) << status;
+  }
+}
+
+// An IPv4 address of this machine that is not loopback, or "".
+std::string NonLoopbackIpv4() {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string found;
+  for (ifaddrs* it = list; it != nullptr && found.empty(); it = it->ifa_next) {
+    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN];
+    auto* in = reinterpret_cast<sockaddr_in*>(it->ifa_addr);
+    if (inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text)) && !IsLoopbackHost(text)) {
+      found = text;
+    }
+  }
+  freeifaddrs(list);
+  return found;
+}
+
+// Tests of the default path (the proxy variables); restores them after.
+class ProxyEnvironmentConnectionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* name :
+         {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"}) {
+      const char* value = getenv(name);
+      saved_.emplace_back(name, value ? std::optional<std::string>(value) : std::nullopt);
+      unsetenv(name);
+    }
+  }
+  void TearDown() override {
+    for (const auto& [name, value] : saved_) {
+      if (value) {
+        setenv(name.c_str(), value->c_str(), 1);
+      } else {
+        unsetenv(name.c_str());
+      }
+    }
+  }
+  // GET `url` on a new connection (the variables are read per target).
+  static absl::StatusOr<std::string> Get(const std::string& url) {
+    auto parsed = ParseHttpUrl(url);
+    if (!parsed.ok()) return parsed.status();
+    Collected got;
+    RETURN_IF_ERROR(HttpConnection::Create({})->Exchange({.url = &*parsed}, got));
+    return got.body;
+  }
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+TEST_F(ProxyEnvironmentConnectionTest, NoProxyAndLoopbackGoDirectEverythingElseThroughTheProxy) {
+  const std::string ip = NonLoopbackIpv4();
+  if (ip.empty()) GTEST_SKIP() << "this machine has no non-loopback IPv4 address";
+  auto remote = http::Server::Create(
+      {.address = ip, .allow_insecure = true}, [](http::Request&& request, http::Responder r) {
+        r.Send(http::JsonResponse(request, http::Status::ok, "\"direct\""));
+      });
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  (*remote)->Start();
+  auto local = http::Server::Create({}, [](http::Request&& request, http::Responder r) {
+    r.Send(http::JsonResponse(request, http::Status::ok, "\"local\""));
+  });
+  ASSERT_TRUE(local.ok());
+  (*local)->Start();
+  // A proxy that answers every request itself.
+  ScriptedServer proxy([](int, int, const std::string&) { return Ok("\"proxied\""); });
+  const std::string remote_url = StrCat("http://", ip, ":", (*remote)->port(), "/");
+  const std::string local_url = StrCat("http://127.0.0.1:", (*local)->port(), "/");
+
+  EXPECT_EQ(Get(remote_url).value_or("error"), "\"direct\"");  // no variables
+  setenv("HTTP_PROXY", StrCat("http://127.0.0.1:", proxy.port()).c_str(), 1);
+  EXPECT_EQ(Get(remote_url).value_or("error"), "\"proxied\"");
+  EXPECT_EQ(Get(local_url).value_or("error"), "\"local\"");  // loopback: always direct
+  {
+    // An explicit proxy with no host: direct, whatever the environment says.
+    auto url = ParseHttpUrl(remote_url);
+    Collected got;
+    ASSERT_TRUE(HttpConnection::Create({.proxy = HttpProxy{}})->Exchange({.url = &*url}, got).ok());
+    EXPECT_EQ(got.body, "\"direct\"");
+  }
+  EXPECT_EQ(Get(StrCat("http://localhost:", (*local)->port(), "/")).value_or("error"), "\"local\"");
+  setenv("NO_PROXY", StrCat("example.org, ", ip).c_str(), 1);
+  EXPECT_EQ(Get(remote_url).value_or("error"), "\"direct\"");
+  setenv("no_proxy", "example.org", 1);  // lowercase wins
+  EXPECT_EQ(Get(remote_url).value_or("error"), "\"proxied\"");
+  setenv("no_proxy", StrCat(ip, "/24").c_str(), 1);
+  EXPECT_EQ(Get(remote_url).value_or("error"), "\"direct\"");
+  EXPECT_EQ(proxy.requests().size(), 2u);
+
+  // A malformed variable fails the requests it applies to, naming it.
+  unsetenv("no_proxy");
+  unsetenv("NO_PROXY");
+  setenv("http_proxy", "socks5://127.0.0.1:1080", 1);
+  auto bad = Get(remote_url);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_NE(MessageOf(bad.status()).find("http_proxy='socks5://127.0.0.1:1080'"), std::string::npos)
+      << bad.status();
+  auto client = HttpClient::Create({});
+  ASSERT_TRUE(client.ok());
+  auto via_client = (*client)->Send({.url = remote_url});
+  EXPECT_EQ(via_client.status().code(), absl::StatusCode::kInvalidArgument) << via_client.status();
+  EXPECT_EQ(Get(local_url).value_or("error"), "\"local\"");
+  (*remote)->Stop();
+  (*local)->Stop();
+}
+
+// The default path end to end: HttpClient reads https_proxy and reaches a
+// TLS server on this machine's own address through tinyproxy's tunnel.
+TEST_F(ProxyEnvironmentConnectionTest, HttpClientUsesHttpsProxyFromTheEnvironment) {
+  REQUIRE_TINYPROXY();
+  const std::string ip = NonLoopbackIpv4();
+  if (ip.empty()) GTEST_SKIP() << "this machine has no non-loopback IPv4 address";
+  char dir_template[] = "/tmp/http_proxy_env_XXXXXX";
+  fs::path dir = mkdtemp(dir_template);
+  std::string ca = MakeCert(dir, "hub", StrCat("IP:", ip));
+  http::ServerOptions options;
+  options.address = ip;
+  options.tls_cert_file = ca;
+  options.tls_key_file = Key(dir, "hub");
+  auto server = http::Server::Create(options, [](http::Request&& request, http::Responder r) {
+    r.Send(http::JsonResponse(request, http::Status::ok, "{\"hub\":true}"));
+  });
+  ASSERT_TRUE(server.ok()) << server.status();
+  (*server)->Start();
+  Tinyproxy proxy("device s3cret");
+  ASSERT_TRUE(proxy.running());
+  const std::string url = StrCat("https://", ip, ":", (*server)->port(), "/v1/devices/state");
+
+  setenv("https_proxy", StrCat("http://127.0.0.1:", proxy.port()).c_str(), 1);
+  auto client = HttpClient::Create({.ca_file = ca});
+  ASSERT_TRUE(client.ok());
+  auto refused = (*client)->Send({.url = url});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+  EXPECT_NE(MessageOf(refused.status()).find("407"), std::string::npos) << refused.status();
+  EXPECT_NE(MessageOf(refused.status()).find("proxy authentication is required"), std::string::npos)
+      << refused.status();
+
+  setenv("https_proxy", StrCat("http://device:wrong@127.0.0.1:", proxy.port()).c_str(), 1);
+  client = HttpClient::Create({.ca_file = ca});
+  ASSERT_TRUE(client.ok());
+  auto wrong = (*client)->Send({.url = url});
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kPermissionDenied) << wrong.status();
+  EXPECT_NE(MessageOf(wrong.status()).find("proxy authentication failed"), std::string::npos)
+      << wrong.status();
+  EXPECT_EQ(MessageOf(wrong.status()).find("wrong"), std::string::npos) << wrong.status();
+
+  setenv("https_proxy", StrCat("http://device:s3cret@127.0.0.1:", proxy.port()).c_str(), 1);
+  client = HttpClient::Create({.ca_file = ca});
+  ASSERT_TRUE(client.ok());
+  for (int i = 0; i < 2; ++i) {
+    auto response = (*client)->Send({.url = url});
+    ASSERT_TRUE(response.ok()) << response.status();
+    EXPECT_EQ(response->status, 200);
+    EXPECT_EQ(response->body, "{\"hub\":true}");
+  }
+  EXPECT_EQ(proxy.Count(StrCat("CONNECT ", ip, ":", (*server)->port())), 3) << proxy.Log();
+  (*server)->Stop();
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -118,6 +118,7 @@ class Hub:
         self.port = None
         self.log_path = os.path.join(self.dir, "hub.log")
         self.token = None
+        self.extra_args = []  # more `serve` flags
 
     def db_args(self):
         return ["--db", self.db_url] if self.db_url else []
@@ -138,7 +139,7 @@ class Hub:
         self.proc = subprocess.Popen(
             [self.bins.hub, "serve", "--data", self.data, "--port", str(port),
              "--port-file", port_file, "--rollout-tick", "0.2", "--long-poll-recheck", "0.5",
-             "--device-poll-interval", "5"] + self.db_args(),
+             "--device-poll-interval", "5"] + self.db_args() + self.extra_args,
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
         def port():
