@@ -333,11 +333,14 @@ AgentState Updater::AfterFailure(AgentState state) const {
       6 * 3600.0);
   thread_local std::mt19937_64 rng{std::random_device{}()};
   const int64_t delay = std::llround(base * std::uniform_real_distribution<double>(0.9, 1.1)(rng));
+  // Whole seconds, rounded up: never sooner than `delay` from now (NowUnix
+  // truncates, so `now + delay` could come up to a second early).
+  const int64_t not_before = NowUnix() + delay + 1;
   if (it == deferred.end()) {
-    deferred.push_back({id, failures, NowUnix() + delay});
+    deferred.push_back({id, failures, not_before});
   } else {
     it->failures = failures;
-    it->not_before = NowUnix() + delay;
+    it->not_before = not_before;
   }
   if (deferred.size() > kMaxHandled) deferred.erase(deferred.begin());
   spdlog::warn("updater: {} failed ({}); trying it again in {} s ({} of {} retries)",
