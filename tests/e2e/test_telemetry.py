@@ -80,7 +80,8 @@ class Proxy:
         with self.lock:  # after this, accept() drops what it had in hand
             s, self.listener = self.listener, None
             conns, self.conns = self.conns, []
-        s.close()
+        if s is not None:  # not blocked already (a failed test may leave it so)
+            s.close()
         for c in conns:
             for sock in c:
                 try:
@@ -342,8 +343,15 @@ sinks:
         fleet.wait_for(lambda: len(self.hub_results()) > 10, 60, "pipeline results on the hub")
         self.proxy.block()
         offline_at = time.monotonic()
-        sent_before = self.hub_max_seq()
-        results_before = len(self.hub_results())
+        # A batch the hub had received whole before the link went down may
+        # still be committing: wait until the hub's figures stop moving.
+        sent_before, results_before = self.hub_max_seq(), len(self.hub_results())
+        for _ in range(20):
+            time.sleep(0.5)
+            now = (self.hub_max_seq(), len(self.hub_results()))
+            if now == (sent_before, results_before):
+                break
+            sent_before, results_before = now
 
         def queued(n):
             self.check_agent()
