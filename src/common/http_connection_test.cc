@@ -29,6 +29,7 @@
 #include "common/http_client.h"
 #include "common/http_proxy.h"
 #include "common/http_server.h"
+#include "common/scoped_proxy_environment.h"
 
 namespace outpost {
 namespace {
@@ -957,23 +958,7 @@ std::string NonLoopbackIpv4() {
 // Tests of the default path (the proxy variables); restores them after.
 class ProxyEnvironmentConnectionTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    for (const char* name :
-         {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"}) {
-      const char* value = getenv(name);
-      saved_.emplace_back(name, value ? std::optional<std::string>(value) : std::nullopt);
-      unsetenv(name);
-    }
-  }
-  void TearDown() override {
-    for (const auto& [name, value] : saved_) {
-      if (value) {
-        setenv(name.c_str(), value->c_str(), 1);
-      } else {
-        unsetenv(name.c_str());
-      }
-    }
-  }
+  ScopedProxyEnvironment environment_;
   // GET `url` on a new connection (the variables are read per target).
   static absl::StatusOr<std::string> Get(const std::string& url) {
     auto parsed = ParseHttpUrl(url);
@@ -982,7 +967,6 @@ class ProxyEnvironmentConnectionTest : public ::testing::Test {
     RETURN_IF_ERROR(HttpConnection::Create({})->Exchange({.url = &*parsed}, got));
     return got.body;
   }
-  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
 TEST_F(ProxyEnvironmentConnectionTest, NoProxyAndLoopbackGoDirectEverythingElseThroughTheProxy) {

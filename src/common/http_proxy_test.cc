@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "common/scoped_proxy_environment.h"
+
 namespace outpost {
 namespace {
 
@@ -145,25 +147,7 @@ TEST(SelectProxyTest, PicksTheVariableOfTheSchemeAndHonoursExceptions) {
 // Restores the proxy variables a test changed.
 class ProxyEnvironmentTest : public ::testing::Test {
  protected:
-  static constexpr const char* kNames[] = {"http_proxy",  "HTTP_PROXY", "https_proxy",
-                                           "HTTPS_PROXY", "no_proxy",   "NO_PROXY"};
-  void SetUp() override {
-    for (const char* name : kNames) {
-      const char* value = getenv(name);
-      saved_.emplace_back(name, value ? std::optional<std::string>(value) : std::nullopt);
-      unsetenv(name);
-    }
-  }
-  void TearDown() override {
-    for (const auto& [name, value] : saved_) {
-      if (value) {
-        setenv(name.c_str(), value->c_str(), 1);
-      } else {
-        unsetenv(name.c_str());
-      }
-    }
-  }
-  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+  ScopedProxyEnvironment environment_;
 };
 
 TEST_F(ProxyEnvironmentTest, LowercaseWinsAndEmptyCountsAsUnset) {
