@@ -631,6 +631,19 @@ TEST_F(TlsVerificationTest, ASessionIsResumedOnTheNextConnectionToTheSameOrigin)
 // Debian's tinyproxy on 127.0.0.1 in the foreground, logging each request
 // line it receives. Tests skip when it is not installed (scripts/deps.sh
 // installs it).
+// A loopback port nothing listens on (bound, then released).
+uint16_t FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
 class Tinyproxy {
  public:
   static constexpr const char* kBinary = "/usr/bin/tinyproxy";
@@ -670,17 +683,6 @@ class Tinyproxy {
   }
 
  private:
-  static uint16_t FreePort() {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    socklen_t len = sizeof(addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    close(fd);
-    return ntohs(addr.sin_port);
-  }
   static bool Accepts(uint16_t port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
@@ -904,17 +906,7 @@ TEST(ProxyRequestTest, RefusalsUnreachableAndSilentProxiesEndClearlyAndInTime) {
   }
   {
     // Nothing listens there: refused at once.
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    socklen_t len = sizeof(addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    close(fd);
-    HttpProxy nobody{.host = "127.0.0.1",
-                     .port = static_cast<uint16_t>(ntohs(addr.sin_port)),
-                     .source = "HTTPS_PROXY"};
+    HttpProxy nobody{.host = "127.0.0.1", .port = FreePort(), .source = "HTTPS_PROXY"};
     Collected got;
     absl::Status status = HttpConnection::Create({.proxy = nobody})->Exchange({.url = &*tls}, got);
     EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
