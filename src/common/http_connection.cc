@@ -396,6 +396,39 @@ std::string ParsedUrl::Origin() const {
   return StrCat(tls ? "https://" : "http://", Authority(), ":", port);
 }
 
+absl::StatusOr<HostPort> ParseAuthority(std::string_view authority, uint16_t default_port) {
+  HostPort out;
+  out.port = default_port;
+  std::string_view port_text;
+  if (authority.starts_with("[")) {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) {
+      return absl::InvalidArgumentError("unterminated [IPv6] host");
+    }
+    out.host = std::string(authority.substr(1, close - 1));
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (!after.starts_with(":")) return absl::InvalidArgumentError("junk after the [IPv6] host");
+      port_text = after.substr(1);
+    }
+  } else {
+    size_t colon = authority.find(':');
+    out.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
+  }
+  if (out.host.empty()) return absl::InvalidArgumentError("no host");
+  if (!port_text.empty()) {
+    unsigned value = 0;
+    auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), value);
+    if (ec != std::errc() || p != port_text.data() + port_text.size() || value == 0 ||
+        value > 65535) {
+      return absl::InvalidArgumentError("bad port");
+    }
+    out.port = static_cast<uint16_t>(value);
+  }
+  return out;
+}
+
 absl::StatusOr<ParsedUrl> ParseHttpUrl(std::string_view url) {
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(StrCat("'", url, "' is not a valid URL: ", why));
@@ -420,32 +453,10 @@ absl::StatusOr<ParsedUrl> ParseHttpUrl(std::string_view url) {
     target = target.substr(0, hash);
   }
   if (authority.find('@') != std::string_view::npos) return bad("user info is not supported");
-  std::string_view port_text;
-  if (authority.starts_with("[")) {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) return bad("unterminated [IPv6] host");
-    out.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (!after.starts_with(":")) return bad("junk after the [IPv6] host");
-      port_text = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.find(':');
-    out.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
-  }
-  if (out.host.empty()) return bad("no host");
-  out.port = out.tls ? 443 : 80;
-  if (!port_text.empty()) {
-    unsigned value = 0;
-    auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), value);
-    if (ec != std::errc() || p != port_text.data() + port_text.size() || value == 0 ||
-        value > 65535) {
-      return bad("bad port");
-    }
-    out.port = static_cast<uint16_t>(value);
-  }
+  absl::StatusOr<HostPort> host_port = ParseAuthority(authority, out.tls ? 443 : 80);
+  if (!host_port.ok()) return bad(MessageOf(host_port.status()));
+  out.host = std::move(host_port->host);
+  out.port = host_port->port;
   if (target.empty()) {
     out.target = "/";
   } else if (target.front() == '?') {

@@ -49,6 +49,16 @@ struct ParsedUrl {
   std::string Origin() const;
 };
 
+struct HostPort {
+  std::string host;  // IPv6 literals without brackets
+  uint16_t port = 0;
+};
+
+// "host", "host:port", "[v6]" or "[v6]:port" (port 1..65535, `default_port`
+// when absent). InvalidArgument with the reason alone ("no host", "bad
+// port", ...), for the caller to put in its own message.
+absl::StatusOr<HostPort> ParseAuthority(std::string_view authority, uint16_t default_port);
+
 // Accepts http:// and https:// URLs with a host, an optional port and an
 // optional path; InvalidArgument for anything else, naming the URL.
 absl::StatusOr<ParsedUrl> ParseHttpUrl(std::string_view url);

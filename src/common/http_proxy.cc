@@ -182,31 +182,10 @@ absl::StatusOr<HttpProxy> ParseProxyUrl(std::string_view url, std::string_view v
     encoded.resize(length);
     proxy.authorization = StrCat("Basic ", encoded);
   }
-  std::string_view port_text;
-  if (rest.starts_with("[")) {
-    size_t close = rest.find(']');
-    if (close == std::string_view::npos) return bad("unterminated [IPv6] host");
-    proxy.host = std::string(rest.substr(1, close - 1));
-    std::string_view after = rest.substr(close + 1);
-    if (!after.empty()) {
-      if (!after.starts_with(":")) return bad("junk after the [IPv6] host");
-      port_text = after.substr(1);
-    }
-  } else {
-    size_t colon = rest.find(':');
-    proxy.host = std::string(rest.substr(0, colon));
-    if (colon != std::string_view::npos) port_text = rest.substr(colon + 1);
-  }
-  if (proxy.host.empty()) return bad("no host");
-  if (!port_text.empty()) {
-    unsigned value = 0;
-    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), value);
-    if (ec != std::errc() || end != port_text.data() + port_text.size() || value == 0 ||
-        value > 65535) {
-      return bad("bad port");
-    }
-    proxy.port = static_cast<uint16_t>(value);
-  }
+  absl::StatusOr<HostPort> host_port = ParseAuthority(rest, 80);
+  if (!host_port.ok()) return bad(MessageOf(host_port.status()));
+  proxy.host = std::move(host_port->host);
+  proxy.port = host_port->port;
   return proxy;
 }
 
